@@ -50,7 +50,13 @@ __all__ = [
 
 
 def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
-    exc = cls.__new__(cls)
+    # Not cls.__new__: for TaskTimeoutError that finds RuntimeError.__new__,
+    # which refuses a subclass of OSError. The __base__ line follows the
+    # instance layout, so its first __new__ is the one that fits.
+    base = cls
+    while "__new__" not in vars(base):
+        base = base.__base__
+    exc = base.__new__(cls)
     exc.args = args
     exc.__dict__.update(state)
     return exc
@@ -100,6 +106,9 @@ class InvalidStateError(AlmaDagError, RuntimeError):
 class StoreError(AlmaDagError, OSError):
     """A checkpoint store cannot be created, opened, trusted or written."""
 
+    def __reduce__(self):  # errno, strerror and filename live outside args
+        return OSError.__reduce__(self)
+
 
 class TaskFailure(AlmaDagError, RuntimeError):
     """Why a task gave no result. ``task`` is the failed task's node id."""
@@ -147,7 +156,9 @@ class TaskCancelled(TaskFailure):
     """A task did not finish because the run was stopped; ``reason`` says
     what stopped it."""
 
-    def __init__(self, message: str, *, task: Hashable = None, reason: str = "") -> None:
+    def __init__(
+        self, message: str, *, task: Hashable = None, reason: str = ""
+    ) -> None:
         super().__init__(message, task=task)
         self.reason = reason
 
@@ -163,6 +174,9 @@ class _RemoteException(Exception):
     def __init__(self, type_name: str, message: str) -> None:
         super().__init__(f"{type_name}: {message}")
         self.type_name = type_name
+
+    def __reduce__(self):  # args hold one string, __init__ wants two
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
 
 def portable_exception(exc: BaseException) -> BaseException:

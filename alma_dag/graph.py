@@ -23,6 +23,7 @@ key that is not a key of the value falls back to the attribute of that name.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -74,6 +75,15 @@ class Dependency:
     #: Communication cost of moving the result between processes.
     cost: float = 0.0
 
+    def __post_init__(self) -> None:
+        try:
+            hash(self.task)
+        except TypeError:
+            raise DefinitionError(
+                f"dependency on {self.task!r}: a node id must be hashable",
+                field="task",
+            ) from None
+
     def __getitem__(self, key: Any) -> Dependency:
         """A dependency on part of this one: ``dep["a"][0]``."""
         path = () if self.key is None else _key_path(self.key)
@@ -122,7 +132,8 @@ class Task:
     dependencies: tuple = field(init=False, default=())
 
     def __post_init__(self) -> None:
-        needed = dict.fromkeys(d.task for d in find_dependencies((self.args, self.kwargs)))
+        found = find_dependencies((self.args, self.kwargs))
+        needed = dict.fromkeys(dep.task for dep in found)
         object.__setattr__(self, "dependencies", tuple(needed))
 
 
@@ -139,8 +150,12 @@ def find_dependencies(obj: Any) -> Iterator[Dependency]:
 
 
 def _rebuild_like(obj: Any, items: Iterable) -> Any:
-    if isinstance(obj, list):
+    if type(obj) is list:
         return list(items)
+    if isinstance(obj, list):  # a subclass: keep its type and attributes
+        new = copy.copy(obj)
+        new[:] = items
+        return new
     if hasattr(obj, "_fields"):  # a namedtuple
         return type(obj)(*items)
     return type(obj)(items)
@@ -153,14 +168,18 @@ def map_dependencies(obj: Any, function: Callable[[Dependency], Any]) -> Any:
         return function(obj)
     if isinstance(obj, (list, tuple)):
         items = [map_dependencies(item, function) for item in obj]
-        if all(new is old for new, old in zip(items, obj)):
+        if all(new is old for new, old in zip(items, obj, strict=True)):
             return obj
         return _rebuild_like(obj, items)
     if isinstance(obj, dict):
         items = {k: map_dependencies(v, function) for k, v in obj.items()}
         if all(items[k] is v for k, v in obj.items()):
             return obj
-        return type(obj)(items) if type(obj) is not dict else items
+        if type(obj) is dict:
+            return items
+        new = copy.copy(obj)  # keeps a subclass's state: defaultdict's factory
+        new.update(items)
+        return new
     return obj
 
 
@@ -200,7 +219,10 @@ def resolve(obj: Any, results: Mapping[Hashable, Any]) -> Any:
 
 def _check_number(value: Any, what: str, node: Hashable, *, positive: bool = False):
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value) and (value > 0 if positive else value >= 0)
+    try:
+        ok = ok and math.isfinite(value) and (value > 0 if positive else value >= 0)
+    except OverflowError:  # an int too large for a float
+        ok = False
     if not ok:
         kind = "a positive" if positive else "a non-negative"
         raise DefinitionError(
@@ -225,8 +247,10 @@ def _check_task(node: Hashable, task: Task) -> None:
         )
     _check_number(task.cost, "cost", node)
     _check_number(task.memory, "memory", node)
-    if not isinstance(task.retries, int) or isinstance(task.retries, bool) or (
-        task.retries < 0
+    if (
+        not isinstance(task.retries, int)
+        or isinstance(task.retries, bool)
+        or (task.retries < 0)
     ):
         raise DefinitionError(
             f"task {node!r}: retries must be a non-negative integer, "
@@ -312,9 +336,7 @@ class TaskGraph:
         """
         if isinstance(args, list):
             args = tuple(args)
-        task = Task(
-            function, args, dict(kwargs or {}), cost, memory, retries, timeout
-        )
+        task = Task(function, args, dict(kwargs or {}), cost, memory, retries, timeout)
         self.add_task(node, task)
         return Dependency(node)
 
@@ -373,7 +395,8 @@ class TaskGraph:
                 )
             function, args, *rest = entry
             positional, keywords = split_arguments(args)
-            self.add(node, function, positional, keywords, cost=rest[0] if rest else 1.0)
+            cost = rest[0] if rest else 1.0
+            self.add(node, function, positional, keywords, cost=cost)
         return self
 
     # -- reading ------------------------------------------------------------
@@ -398,11 +421,12 @@ class TaskGraph:
                     f"task {dependent!r} depends on unknown task {node!r}",
                     field=str(dependent),
                 )
-        try:
-            cycle = nx.find_cycle(self.nx)
-        except nx.NetworkXNoCycle:
+        # find_cycle takes quadratic time on a large DAG; the linear
+        # acyclicity test runs first, and find_cycle only to name a cycle.
+        if nx.is_directed_acyclic_graph(self.nx):
             self._validated = True
             return
+        cycle = nx.find_cycle(self.nx)
         raise CycleError([u for u, _ in cycle] + [cycle[0][0]])
 
     def task(self, node: Hashable) -> Task:
@@ -424,7 +448,13 @@ class TaskGraph:
 
     def items(self) -> Iterator[tuple[Hashable, Task]]:
         """``(node id, Task)`` pairs in insertion order."""
-        return ((node, data["task"]) for node, data in self.nx.nodes.items())
+        # A dependency on an unknown task leaves a node without a task; it is
+        # not one of the graph's tasks (validate() reports it).
+        return (
+            (node, data["task"])
+            for node, data in self.nx.nodes.items()
+            if "task" in data
+        )
 
     def to_dict(self) -> dict[Hashable, tuple[Callable, Any, float]]:
         """The dict format, ``{node_id: (function, args, cost)}``."""
@@ -444,15 +474,14 @@ class TaskGraph:
         return node in self.nx and "task" in self.nx.nodes[node]
 
     def __len__(self) -> int:
-        return self.nx.number_of_nodes()
+        return sum(1 for _ in self.items())
 
     def __iter__(self) -> Iterator[Hashable]:
-        return iter(self.nx)
+        return (node for node, _ in self.items())
 
     def __repr__(self) -> str:
         return (
-            f"<TaskGraph: {self.nx.number_of_nodes()} tasks, "
-            f"{self.nx.number_of_edges()} dependencies>"
+            f"<TaskGraph: {len(self)} tasks, {self.nx.number_of_edges()} dependencies>"
         )
 
 
@@ -492,7 +521,8 @@ def _signature(obj: Any) -> Hashable:
     if isinstance(obj, (list, tuple)):
         return (type(obj), tuple(_signature(item) for item in obj))
     if isinstance(obj, dict):
-        return (type(obj), frozenset((k, _signature(v)) for k, v in obj.items()))
+        pairs = frozenset((_signature(k), _signature(v)) for k, v in obj.items())
+        return (type(obj), pairs)
     if isinstance(obj, slice):
         return (slice, obj.start, obj.stop, obj.step)
     hash(obj)
@@ -521,8 +551,13 @@ def _merged_tasks(
         if task.cost > kept[original].cost:
             old = kept[original]
             kept[original] = Task(
-                old.function, old.args, old.kwargs, task.cost, old.memory,
-                old.retries, old.timeout,
+                old.function,
+                old.args,
+                old.kwargs,
+                task.cost,
+                old.memory,
+                old.retries,
+                old.timeout,
             )
     multiplexing: dict[Hashable, list[Hashable]] = {}
     for duplicate, original in labels.items():
@@ -590,7 +625,8 @@ def prefix(graph: TaskGraph | Mapping, prefix_key: Hashable) -> TaskGraph | dict
     [('run1', 'a')]
     """
     source = _as_graph(graph)
-    labels = {node: _prefixed(node, prefix_key) for node in source}
+    # Over source.nx, not source: unknown dependencies are prefixed too.
+    labels = {node: _prefixed(node, prefix_key) for node in source.nx}
     result = TaskGraph()
     for node, task in source.items():
         result.add_task(labels[node], _relabelled(task, labels))

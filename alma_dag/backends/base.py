@@ -1,0 +1,173 @@
+"""What every backend shares: batches, outcomes, and the code a worker runs.
+
+The dispatcher hands a backend ``Batch`` es: consecutive tasks of one lane,
+each depending only on tasks finished earlier (whose results travel with
+the batch as ``inputs``) or on tasks earlier in the same batch. A worker
+runs the tasks in order with ``execute_batch``, passing results along, and
+the backend reports one ``Outcome`` per batch through the callback it was
+opened with, from whatever thread it likes.
+
+A task that raises gives an ``Err``; a task whose dependency failed gives
+``Err(DependencyError)`` without running. An ``Outcome`` carries an
+``error`` instead of results only when the batch as a whole was lost: its
+worker died (``WorkerDied``), it could not be pickled or unpickled
+(``SerializationError``), or the pool was shut down under it
+(``TaskCancelled``). The dispatcher decides what to run again.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import DependencyError, Err
+from ..graph import Task, resolve
+
+__all__ = ["Backend", "Batch", "Outcome", "execute_batch", "failed_dependency"]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Tasks of one lane handed to a backend together."""
+
+    #: Identifies the batch in its ``Outcome``.
+    id: int
+    #: ``(node id, Task)`` pairs in the order they run.
+    items: tuple[tuple[Hashable, Task], ...]
+    #: Results of dependencies finished before the batch, by node id.
+    inputs: Mapping[Hashable, Any]
+    #: Seconds the batch may run before it is stopped (None: no limit).
+    timeout: float | None = None
+
+
+#: One task's outcome: its result (a value or an ``Err``) and when it ran,
+#: as wall-clock seconds from ``time.time()`` on the worker.
+TaskOutcome = tuple[Any, float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of a batch."""
+
+    #: The batch's ``Batch.id``.
+    batch: int
+    #: One ``(result, start, finish)`` per task, in batch order, or None
+    #: when the batch was lost.
+    results: Sequence[TaskOutcome] | None = None
+    #: Why the batch was lost (``WorkerDied``, ``SerializationError``,
+    #: ``TaskCancelled``); None when it ran.
+    error: BaseException | None = None
+
+
+def failed_dependency(
+    node: Hashable, task: Task, results: Mapping[Hashable, Any]
+) -> Err | None:
+    """The ``Err(DependencyError)`` ``node`` gets if a dependency failed.
+
+    Its ``dependency`` names the task that actually failed, even when that
+    is a dependency's dependency.
+    """
+    for dependency in task.dependencies:
+        result = results.get(dependency)
+        if not isinstance(result, Err):
+            continue
+        exc = result.exception
+        if isinstance(exc, DependencyError):
+            root = exc.dependency
+            message = (
+                f"task {node!r} not run: its dependency {dependency!r} was not "
+                f"run because task {root!r} failed"
+            )
+        else:
+            root = dependency
+            message = (
+                f"task {node!r} not run: its dependency {dependency!r} failed "
+                f"with {result.err_type.__name__}: {result}"
+            )
+        return Err(DependencyError(message, task=node, dependency=root))
+    return None
+
+
+def run_task(
+    node: Hashable, task: Task, results: Mapping[Hashable, Any]
+) -> TaskOutcome:
+    """Run one task with its dependencies' results; never raises."""
+    start = time.time()
+    err = failed_dependency(node, task, results)
+    if err is not None:
+        return err, start, start
+    try:
+        args = resolve(task.args, results) if task.dependencies else task.args
+        kwargs = resolve(task.kwargs, results) if task.dependencies else task.kwargs
+        result = task.function(*args, **kwargs)
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt too
+        result = Err.from_current(exc)
+    return result, start, time.time()
+
+
+def execute_batch(
+    items: Sequence[tuple[Hashable, Task]], inputs: Mapping[Hashable, Any]
+) -> list[TaskOutcome]:
+    """Run a batch's tasks in order, passing results along.
+
+    Examples
+    --------
+    >>> from alma_dag.graph import TaskGraph
+    >>> g = TaskGraph()
+    >>> a = g.add("a", abs, (-2,))
+    >>> _ = g.add("b", pow, (a, 3))
+    >>> [r for r, _, _ in execute_batch(list(g.items()), {})]
+    [2, 8]
+    """
+    results = dict(inputs)
+    outcomes = []
+    for node, task in items:
+        outcome = run_task(node, task, results)
+        results[node] = outcome[0]
+        outcomes.append(outcome)
+    return outcomes
+
+
+class Backend(abc.ABC):
+    """Where batches run.
+
+    A backend is opened once per run with the number of workers and a
+    ``report`` callback, takes batches with ``submit``, and calls
+    ``report(Outcome)`` once for each batch, from any thread. ``kill``
+    stops everything running at once: each batch not yet reported is then
+    reported lost, or not at all -- the dispatcher forgets batches it
+    killed.
+    """
+
+    #: The name used in ``backend="..."``.
+    name: str = ""
+
+    def open(self, n_workers: int, report: Callable[[Outcome], None]) -> None:
+        """Prepare to run up to ``n_workers`` batches at once."""
+        self._report = report
+        self.n_workers = n_workers
+
+    @abc.abstractmethod
+    def submit(self, batch: Batch) -> None:
+        """Start ``batch``; its ``Outcome`` is reported later."""
+
+    def drive(self, timeout: float | None) -> bool:
+        """Lend the dispatcher thread to the backend for up to ``timeout``
+        seconds; returns whether it did any work (only ``inline`` does)."""
+        return False
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """Abort every running batch, killing its worker if need be."""
+
+    def close(self) -> None:  # noqa: B027 -- a hook, empty by default
+        """Release what ``open`` took. The backend may be opened again."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,856 @@
+"""The dispatcher: runs a plan's lanes on a backend.
+
+::
+
+    caller threads              dispatcher thread                    backend
+    ──────────────              ─────────────────                    ───────
+    start() ──► spawns ───────► _run: plan, open backend
+    pause()/resume()/stop() ─┐    loop:
+      (state change under    │      claim ready batches ──submit──► workers
+       the lock + wakeup)    ├──►   wait for an event
+                             │      apply outcomes: record results,
+    backend report(Outcome) ─┘        release dependents, retry,
+      (any thread) ─► events          isolate suspects, enforce timeouts
+    progress()/results ◄─ lock ──   counts and results
+
+- **Callers** change the run's state with ``start``, ``pause``, ``resume``
+  and ``stop`` (each a guarded transition of ``RunState``) and read
+  ``progress()`` and ``results`` at any moment.
+- **The dispatcher thread** owns the ledger (the run's bookkeeping). It
+  hands out work at one claim point, under the lock, only while the run is
+  ``RUNNING``: each lane's tasks in plan order, a task as soon as its
+  dependencies are done, several consecutive tasks of a lane in one batch
+  when their measured durations are small.
+- **The backend** runs batches and reports each ``Outcome`` through the
+  events queue from whatever thread it uses.
+
+Task selection policy: a lane runs its own tasks in plan order and waits
+when its next task waits; one batch per lane is in flight at a time. A
+batch grows while the next task of the lane is ready (its dependencies are
+finished or earlier in the batch) and the batch's estimated duration stays
+under ``TARGET_BATCH_SECONDS``; a task whose duration is not yet known, or
+that has a timeout or retries, runs alone.
+
+Failures: a task's exception is its result (an ``Err``); its dependents get
+``Err(DependencyError)`` at once, without running. When a worker dies, every
+task of the batches it took down becomes a *suspect*; suspects then run
+alone, one at a time with nothing else in flight, so the task that kills
+its worker is found and fails with ``WorkerDied`` while the others succeed.
+A task past its timeout is stopped by killing the pool; the batches in
+flight beside it are run again.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backends import Backend, Batch, Outcome, get_backend
+from .backends.base import failed_dependency
+from .errors import (
+    DefinitionError,
+    Err,
+    InvalidStateError,
+    SerializationError,
+    TaskCancelled,
+    TaskTimeoutError,
+    WorkerDied,
+)
+from .graph import TaskGraph
+from .plan import Plan, heft
+
+__all__ = ["Callbacks", "Dispatcher", "Progress", "RunState"]
+
+logger = logging.getLogger(__name__)
+
+#: A batch grows while its estimated duration stays under this many
+#: seconds: long enough to amortize a round trip to a worker process (about
+#: 0.3 ms), short enough not to hold back dependents in other lanes.
+TARGET_BATCH_SECONDS = 0.005
+
+#: Most tasks in one batch, whatever their durations.
+MAX_BATCH_TASKS = 4096
+
+#: Seconds of per-task overhead in a worker, added to measured durations
+#: when sizing batches.
+TASK_OVERHEAD_SECONDS = 5e-6
+
+#: Weight of the newest measurement in a function's duration estimate.
+_SMOOTHING = 0.3
+
+
+class RunState(enum.Enum):
+    """Where a run is in its life."""
+
+    #: Created; ``start()`` or ``run()`` not yet called.
+    PENDING = "pending"
+    #: Handing out work and collecting results.
+    RUNNING = "running"
+    #: ``pause()`` was called: nothing new starts, running tasks finish.
+    PAUSED = "paused"
+    #: ``stop()`` was called: running tasks are being aborted.
+    STOPPING = "stopping"
+    #: Every task finished and none failed.
+    FINISHED = "finished"
+    #: Every task finished or gave up, and at least one failed.
+    FAILED = "failed"
+    #: Stopped before the end; ``start()`` continues with what is left.
+    STOPPED = "stopped"
+
+
+_OVER = frozenset({RunState.FINISHED, RunState.FAILED, RunState.STOPPED})
+
+_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
+    RunState.PENDING: frozenset({RunState.RUNNING, RunState.STOPPED}),
+    RunState.RUNNING: frozenset(
+        {RunState.PAUSED, RunState.STOPPING, RunState.FINISHED, RunState.FAILED}
+    ),
+    RunState.PAUSED: frozenset({RunState.RUNNING, RunState.STOPPING}),
+    RunState.STOPPING: frozenset({RunState.STOPPED}),
+    RunState.FINISHED: frozenset({RunState.RUNNING}),
+    RunState.FAILED: frozenset({RunState.RUNNING}),
+    RunState.STOPPED: frozenset({RunState.RUNNING}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A snapshot of a run's progress."""
+
+    #: The run's state when the snapshot was taken.
+    state: RunState
+    #: Tasks in the graph.
+    total: int
+    #: Tasks finished with a result.
+    done: int
+    #: Tasks finished with an ``Err`` (dependents of failures included).
+    failed: int
+    #: Tasks handed to the backend and not yet finished.
+    running: int
+    #: Seconds since the run (this ``start``) began.
+    elapsed: float
+    #: Planned makespan of what this ``start`` planned, in cost units.
+    planned: float
+    #: Estimated seconds until the end, from the plan scaled by measured
+    #: durations; None until something has been measured.
+    eta: float | None
+
+    @property
+    def pending(self) -> int:
+        """Tasks not started yet."""
+        return self.total - self.done - self.failed - self.running
+
+
+class Callbacks:
+    """Hooks called by the dispatcher thread; override the ones you need.
+
+    They run outside the dispatcher's lock. An exception they raise is
+    logged, not propagated. ``on_finish`` is always called, from a
+    ``finally``.
+    """
+
+    def on_start(self, dispatcher: Dispatcher) -> None:
+        """The run began (or resumed with a new ``start``)."""
+
+    def on_task_start(self, node: Hashable) -> None:
+        """``node`` was handed to the backend."""
+
+    def on_task_done(self, node: Hashable, result: Any) -> None:
+        """``node`` finished with ``result`` (an ``Err`` if it failed)."""
+
+    def on_finish(self, failed: bool) -> None:
+        """The run ended; ``failed`` tells whether any task failed or the
+        run was stopped."""
+
+
+# -- the ledger: a run's bookkeeping, plain data and plain functions ----------
+
+
+@dataclass(slots=True)
+class Ledger:
+    """The dispatcher thread's view of one ``start``: lanes and results."""
+
+    #: The graph being run.
+    graph: TaskGraph
+    #: One ordered node-id list per lane, from the plan.
+    lanes: list[list[Hashable]]
+    #: Index of the next task to hand out in each lane.
+    positions: list[int]
+    #: Whether a batch of the lane is in flight.
+    busy: list[bool]
+    #: Count of unfinished dependencies per unfinished node.
+    waiting: dict[Hashable, int]
+    #: Finished nodes and their results (values or ``Err``).
+    results: dict[Hashable, Any]
+    #: Nodes that must run alone (their batch failed as a whole).
+    solo: set[Hashable] = field(default_factory=set)
+    #: Nodes that must run alone with nothing else in flight (their batch
+    #: was lost with a dead worker).
+    suspects: set[Hashable] = field(default_factory=set)
+    #: Attempts made so far per node, for retries.
+    attempts: dict[Hashable, int] = field(default_factory=dict)
+
+
+def start_ledger(
+    graph: TaskGraph, plan: Plan, results: Mapping[Hashable, Any]
+) -> Ledger:
+    """A ledger for running ``plan``; ``results`` holds nodes already done."""
+    done = dict(results)
+    waiting = {}
+    pred = graph.nx.pred
+    for lane in plan.lanes:
+        for node in lane:
+            waiting[node] = sum(1 for d in pred[node] if d not in done)
+    n = len(plan.lanes)
+    return Ledger(
+        graph, [list(lane) for lane in plan.lanes], [0] * n, [False] * n, waiting, done
+    )
+
+
+def is_ready(ledger: Ledger, node: Hashable) -> bool:
+    """Whether every dependency of ``node`` is finished."""
+    return ledger.waiting.get(node, 0) == 0
+
+
+def _skip_finished(ledger: Ledger, lane: int) -> int:
+    nodes, pos, results = ledger.lanes[lane], ledger.positions[lane], ledger.results
+    while pos < len(nodes) and nodes[pos] in results:
+        pos += 1
+    ledger.positions[lane] = pos
+    return pos
+
+
+def lane_head(ledger: Ledger, lane: int) -> Hashable | None:
+    """The next unfinished node of ``lane``, or None when it is exhausted."""
+    pos = _skip_finished(ledger, lane)
+    nodes = ledger.lanes[lane]
+    return nodes[pos] if pos < len(nodes) else None
+
+
+def claim_batch(
+    ledger: Ledger,
+    lane: int,
+    estimate: Callable[[Hashable], float],
+    budget: float = TARGET_BATCH_SECONDS,
+    alone: bool = False,
+) -> list[Hashable]:
+    """Take the next batch of ``lane``, or [] if its next task is not ready.
+
+    The batch starts with the lane's next task and goes on with following
+    tasks that are ready once the batch's earlier tasks are done, while the
+    sum of ``estimate(node)`` stays within ``budget``. Solo and suspect
+    nodes, and any batch when ``alone`` is true, hold one task.
+    """
+    head = lane_head(ledger, lane)
+    if ledger.busy[lane] or head is None or not is_ready(ledger, head):
+        return []
+    nodes, pos, results = ledger.lanes[lane], ledger.positions[lane], ledger.results
+    batch = [head]
+    pos += 1
+    if not (alone or _runs_alone(ledger, head)):
+        members = {head}
+        spent = estimate(head)
+        pred = ledger.graph.nx.pred
+        while pos < len(nodes) and len(batch) < MAX_BATCH_TASKS:
+            node = nodes[pos]
+            if node in results:
+                pos += 1
+                continue
+            spent += estimate(node)
+            if spent > budget or _runs_alone(ledger, node):
+                break
+            if not all(d in results or d in members for d in pred[node]):
+                break
+            batch.append(node)
+            members.add(node)
+            pos += 1
+    ledger.positions[lane] = pos
+    ledger.busy[lane] = True
+    return batch
+
+
+def _runs_alone(ledger: Ledger, node: Hashable) -> bool:
+    task = ledger.graph.task(node)
+    return (
+        task.timeout is not None
+        or task.retries > 0
+        or node in ledger.solo
+        or node in ledger.suspects
+    )
+
+
+def finish(ledger: Ledger, node: Hashable, result: Any) -> list[Hashable]:
+    """Record ``result`` for ``node`` and release its dependents.
+
+    Returns the finished nodes: ``node``, and when ``result`` is an ``Err``
+    every unfinished node downstream of it, each given an
+    ``Err(DependencyError)``.
+    """
+    finished = []
+    stack = [(node, result)]
+    succ, results, waiting = ledger.graph.nx.succ, ledger.results, ledger.waiting
+    while stack:
+        node, result = stack.pop()
+        if node in results:
+            continue
+        results[node] = result
+        waiting.pop(node, None)
+        finished.append(node)
+        failed = isinstance(result, Err)
+        for dependent in succ[node]:
+            if dependent in waiting:
+                waiting[dependent] -= 1
+                if failed:
+                    task = ledger.graph.task(dependent)
+                    err = failed_dependency(dependent, task, results)
+                    stack.append((dependent, err))
+    return finished
+
+
+def rewind(ledger: Ledger, lane: int, batch: list[Hashable]) -> None:
+    """Put the unfinished nodes of ``batch`` back at the head of ``lane``."""
+    ledger.busy[lane] = False
+    nodes = ledger.lanes[lane]
+    pos = ledger.positions[lane]
+    start = pos - 1
+    first = batch[0]
+    while start >= 0 and nodes[start] != first:
+        start -= 1
+    ledger.positions[lane] = max(start, 0)
+
+
+def is_complete(ledger: Ledger) -> bool:
+    """Whether every planned node is finished."""
+    return not ledger.waiting and all(
+        lane_head(ledger, lane) is None for lane in range(len(ledger.lanes))
+    )
+
+
+# -- the dispatcher -----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _InFlight:
+    lane: int
+    nodes: list[Hashable]
+    deadline: float | None
+    isolated: bool
+
+
+class Dispatcher:
+    """Runs a ``TaskGraph`` on ``workers`` processes, following a plan.
+
+    Parameters
+    ----------
+    graph : TaskGraph
+        What to run; validated here.
+    workers : int
+        Number of lanes and of worker processes.
+    backend : str or Backend
+        ``"loky"`` (default) or ``"inline"``, or a ``Backend`` instance.
+    plan : Plan, optional
+        The plan for the first ``start``; planned with ``heft`` when
+        omitted. Later ``start`` calls re-plan what is unfinished.
+    callbacks : iterable of Callbacks, optional
+        Progress hooks.
+
+    Raises
+    ------
+    DefinitionError
+        The graph is invalid, ``workers`` is not a positive integer, the
+        backend is unknown, or the plan does not cover the graph.
+
+    Examples
+    --------
+    >>> g = TaskGraph()
+    >>> a = g.add("a", abs, (-3,))
+    >>> _ = g.add("b", pow, (a, 2))
+    >>> d = Dispatcher(g, workers=1, backend="inline")
+    >>> d.run()
+    <RunState.FINISHED: 'finished'>
+    >>> d.results
+    {'a': 3, 'b': 9}
+    """
+
+    def __init__(
+        self,
+        graph: TaskGraph,
+        workers: int = 1,
+        backend: str | Backend = "loky",
+        *,
+        plan: Plan | None = None,
+        callbacks: Iterable[Callbacks] = (),
+    ) -> None:
+        if not isinstance(graph, TaskGraph):
+            raise DefinitionError(
+                f"graph must be a TaskGraph, got {type(graph).__name__}; "
+                "build one with TaskGraph() or TaskGraph.from_dict()",
+                field="graph",
+            )
+        graph.validate()
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise DefinitionError(
+                f"workers must be a positive integer, got {workers!r}",
+                field="workers",
+            )
+        if plan is not None and plan.n_processes != workers:
+            raise DefinitionError(
+                f"the plan has {plan.n_processes} lanes but workers={workers}",
+                field="plan",
+            )
+        self.graph = graph
+        self.workers = workers
+        self._backend = get_backend(backend)
+        self._next_plan = plan
+        self._callbacks = list(callbacks)
+        # _lock guards: _state, _results, _ledger swaps, the claim point,
+        # and the progress counters (_running, _done, _failed, _started).
+        self._lock = threading.RLock()
+        self._state = RunState.PENDING
+        self._state_changed = threading.Condition(self._lock)
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._results: dict[Hashable, Any] = {}
+        self._ledger: Ledger | None = None
+        self.plan: Plan | None = None
+        #: (start, finish) wall-clock seconds of each finished task.
+        self.timings: dict[Hashable, tuple[float, float]] = {}
+        self._speed: dict[int, float] = {}
+        self._inflight: dict[int, _InFlight] = {}
+        self._batch_ids = 0
+        self._running = 0
+        self._started = 0.0
+        self._error: BaseException | None = None
+
+    # -- state machine -------------------------------------------------------
+
+    @property
+    def state(self) -> RunState:
+        """The run's current ``RunState``."""
+        return self._state
+
+    def _transition(self, new: RunState, *, only_from: RunState | None = None) -> None:
+        with self._lock:
+            allowed = _TRANSITIONS[self._state]
+            if only_from is not None and self._state is not only_from:
+                allowed = frozenset()
+            if new not in allowed:
+                names = ", ".join(sorted(s.value for s in allowed)) or "none"
+                raise InvalidStateError(
+                    f"cannot go from {self._state.value} to {new.value}; "
+                    f"allowed from {self._state.value}: {names}"
+                )
+            self._state = new
+            self._state_changed.notify_all()
+        self._events.put(None)  # wake the dispatcher thread
+
+    # -- public control ------------------------------------------------------
+
+    def start(self) -> Dispatcher:
+        """Start (or continue) the run in a background thread; returns at once.
+
+        Raises
+        ------
+        InvalidStateError
+            The run is already running, paused or stopping.
+        """
+        with self._lock:
+            self._transition(RunState.RUNNING)
+            self._thread = threading.Thread(
+                target=self._run, name="alma_dag-dispatcher", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def run(self) -> RunState:
+        """Run to the end in the calling thread and return the final state.
+
+        Raises
+        ------
+        InvalidStateError
+            The run is already running, paused or stopping.
+        """
+        self._transition(RunState.RUNNING)
+        self._run()
+        return self._state
+
+    def pause(self) -> None:
+        """Start nothing new; running tasks finish. When it returns, no
+        further task starts until ``resume()``."""
+        self._transition(RunState.PAUSED)
+
+    def resume(self) -> None:
+        """Continue a paused run."""
+        self._transition(RunState.RUNNING, only_from=RunState.PAUSED)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Abort running tasks (their workers are killed) and stop.
+
+        Returns once nothing is running and every finished task is
+        recorded, or after ``timeout`` seconds; returns whether the run
+        stopped. A stopped run continues with ``start()``.
+        """
+        with self._lock:
+            if self._state is RunState.PENDING:
+                self._transition(RunState.STOPPED)
+                return True
+            if self._state in _OVER:
+                return True
+            if self._state is not RunState.STOPPING:
+                self._transition(RunState.STOPPING)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the run is over; return whether it is.
+
+        Re-raises an internal error of the dispatcher thread, if any.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._state not in _OVER or self._is_thread_alive():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._state_changed.wait(
+                    0.05 if remaining is None else min(remaining, 0.05)
+                )
+        if self._error is not None:
+            raise self._error
+        return True
+
+    def _is_thread_alive(self) -> bool:
+        thread = self._thread
+        return (
+            thread is not None
+            and thread is not threading.current_thread()
+            and thread.is_alive()
+        )
+
+    # -- reading -------------------------------------------------------------
+
+    @property
+    def results(self) -> dict[Hashable, Any]:
+        """A copy of the finished results by node id (``Err`` for failures)."""
+        with self._lock:
+            return dict(self._results)
+
+    def progress(self) -> Progress:
+        """A ``Progress`` snapshot; safe from any thread."""
+        with self._lock:
+            total = len(self.graph)
+            failed = sum(1 for r in self._results.values() if isinstance(r, Err))
+            done = len(self._results) - failed
+            elapsed = time.monotonic() - self._started if self._started else 0.0
+            return Progress(
+                self._state,
+                total,
+                done,
+                failed,
+                self._running,
+                elapsed,
+                self.plan.makespan if self.plan else 0.0,
+                self._eta(),
+            )
+
+    def _eta(self) -> float | None:
+        if self.plan is None or not self.timings:
+            return None
+        measured = planned = 0.0
+        for node, (start, end) in self.timings.items():
+            measured += end - start
+            planned += self.graph.task(node).cost
+        remaining = sum(
+            self.graph.task(n).cost for n in self.plan.entries if n not in self._results
+        )
+        rate = measured / planned if planned else 0.0
+        return remaining * rate / self.workers
+
+    def __repr__(self) -> str:
+        done = f"{len(self._results)}/{len(self.graph)}"
+        return f"<Dispatcher {self._state.value}: {done} tasks>"
+
+    # -- the dispatcher thread -----------------------------------------------
+
+    def _run(self) -> None:
+        failed = True
+        try:
+            self._prepare()
+            self._call("on_start", self)
+            while not self._is_over():
+                self._claim()
+                self._wait_for_events()
+            failed = self._state is not RunState.FINISHED
+        except BaseException as exc:
+            logger.exception("alma_dag dispatcher failed")
+            self._error = exc
+            with self._lock:
+                self._state = RunState.FAILED
+                self._state_changed.notify_all()
+        finally:
+            self._backend.close()
+            self._call("on_finish", failed)
+            with self._lock:
+                self._state_changed.notify_all()
+
+    def _prepare(self) -> None:
+        with self._lock:
+            self._results = {
+                n: r for n, r in self._results.items() if not isinstance(r, Err)
+            }
+            done = self._results
+        plan = self._next_plan
+        self._next_plan = None
+        if plan is None:
+            plan = heft(self.graph, self.workers, done=done)
+        self._error = None
+        self._inflight.clear()
+        with self._lock:
+            self.plan = plan
+            self._ledger = start_ledger(self.graph, plan, done)
+            self._results = self._ledger.results
+            self._started = time.monotonic()
+        self._backend.open(self.workers, self._events.put)
+
+    def _is_over(self) -> bool:
+        with self._lock:
+            state = self._state
+        if state is RunState.STOPPING:
+            self._abort_inflight("the run was stopped")
+            self._transition(RunState.STOPPED)
+            return True
+        if (
+            state is RunState.RUNNING
+            and not self._inflight
+            and is_complete(self._ledger)
+        ):
+            failed = any(isinstance(r, Err) for r in self._results.values())
+            self._transition(RunState.FAILED if failed else RunState.FINISHED)
+            return True
+        return False
+
+    def _claim(self) -> None:
+        started: list[Hashable] = []
+        with self._lock:
+            if self._state is not RunState.RUNNING:
+                return
+            ledger = self._ledger
+            if ledger.suspects:
+                started = self._claim_suspect(ledger)
+            else:
+                for lane in range(len(ledger.lanes)):
+                    nodes = claim_batch(ledger, lane, self._estimate)
+                    if nodes:
+                        self._submit(lane, nodes, isolated=False)
+                        started += nodes
+            if not started and not self._inflight and not is_complete(ledger):
+                heads = [lane_head(ledger, i) for i in range(len(ledger.lanes))]
+                raise RuntimeError(
+                    "alma_dag dispatcher: no task can start and none is running; "
+                    f"lane heads: {heads}"
+                )
+        if self._callbacks:
+            for node in started:
+                self._call("on_task_start", node)
+
+    def _claim_suspect(self, ledger: Ledger) -> list[Hashable]:
+        if self._inflight:
+            return []
+        for lane in range(len(ledger.lanes)):
+            if lane_head(ledger, lane) in ledger.suspects:
+                nodes = claim_batch(ledger, lane, self._estimate, alone=True)
+                if nodes:
+                    self._submit(lane, nodes, isolated=True)
+                    return nodes
+        # No suspect is at the head of its lane: run the others as usual.
+        ledger.suspects.clear()
+        return []
+
+    def _submit(self, lane: int, nodes: list[Hashable], isolated: bool) -> None:
+        ledger = self._ledger
+        graph, results = self.graph, ledger.results
+        items = tuple((node, graph.task(node)) for node in nodes)
+        members = set(nodes)
+        inputs = {
+            d: results[d]
+            for _, task in items
+            for d in task.dependencies
+            if d not in members
+        }
+        timeout = items[0][1].timeout if len(items) == 1 else None
+        for node in nodes:
+            ledger.attempts[node] = ledger.attempts.get(node, 0) + 1
+        self._batch_ids += 1
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._inflight[self._batch_ids] = _InFlight(lane, nodes, deadline, isolated)
+        self._running += len(nodes)
+        self._backend.submit(Batch(self._batch_ids, items, inputs, timeout))
+
+    def _estimate(self, node: Hashable) -> float:
+        seconds = self._speed.get(id(self.graph.task(node).function))
+        return float("inf") if seconds is None else seconds + TASK_OVERHEAD_SECONDS
+
+    def _wait_for_events(self) -> None:
+        if self._backend.drive(0):
+            self._drain()
+            return
+        timeout = self._next_deadline()
+        try:
+            event = self._events.get(timeout=timeout)
+        except queue.Empty:
+            self._enforce_timeouts()
+            return
+        self._apply(event)
+        self._drain()
+        self._enforce_timeouts()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            self._apply(event)
+
+    def _next_deadline(self) -> float | None:
+        deadlines = [f.deadline for f in self._inflight.values() if f.deadline]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    # -- applying outcomes ---------------------------------------------------
+
+    def _apply(self, event: Outcome | None) -> None:
+        if event is None:
+            return
+        flight = self._inflight.pop(event.batch, None)
+        if flight is None:
+            return  # a batch this dispatcher already gave up on
+        finished: list[Hashable] = []
+        with self._lock:
+            self._running -= len(flight.nodes)
+            if event.error is None:
+                finished = self._record(flight, event.results)
+            else:
+                finished = self._lost(flight, event.error)
+        if self._callbacks:
+            for node in finished:
+                self._call("on_task_done", node, self._results.get(node))
+
+    def _record(self, flight: _InFlight, outcomes) -> list[Hashable]:
+        ledger = self._ledger
+        ledger.busy[flight.lane] = False
+        finished: list[Hashable] = []
+        retry: list[Hashable] = []
+        for node, (result, start, end) in zip(flight.nodes, outcomes, strict=True):
+            task = self.graph.task(node)
+            self._measure(task.function, end - start)
+            if isinstance(result, Err) and ledger.attempts[node] <= task.retries:
+                retry.append(node)
+                continue
+            ledger.suspects.discard(node)
+            self.timings[node] = (start, end)
+            finished += finish(ledger, node, result)
+        if retry:
+            rewind(ledger, flight.lane, retry)
+        return finished
+
+    def _measure(self, function: Callable, seconds: float) -> None:
+        key = id(function)
+        old = self._speed.get(key)
+        self._speed[key] = (
+            seconds if old is None else (old + _SMOOTHING * (seconds - old))
+        )
+
+    def _lost(self, flight: _InFlight, error: BaseException) -> list[Hashable]:
+        ledger = self._ledger
+        node = flight.nodes[0]
+        blamed = (
+            len(flight.nodes) == 1
+            and not isinstance(error, TaskCancelled)
+            and (flight.isolated or not isinstance(error, WorkerDied))
+        )
+        if not blamed:
+            self._unclaim(flight)
+            if isinstance(error, WorkerDied):
+                ledger.suspects.update(flight.nodes)
+            elif not isinstance(error, TaskCancelled):
+                ledger.solo.update(flight.nodes)
+            return []
+        rewind(ledger, flight.lane, flight.nodes)
+        if ledger.attempts[node] <= self.graph.task(node).retries:
+            return []
+        ledger.suspects.discard(node)
+        return finish(ledger, node, Err(_task_error(node, error)))
+
+    def _unclaim(self, flight: _InFlight) -> None:
+        """Put a batch back, not counting this attempt against its tasks."""
+        rewind(self._ledger, flight.lane, flight.nodes)
+        for node in flight.nodes:
+            self._ledger.attempts[node] -= 1
+
+    def _enforce_timeouts(self) -> None:
+        now = time.monotonic()
+        late = [
+            b for b, f in self._inflight.items() if f.deadline and f.deadline <= now
+        ]
+        if not late:
+            return
+        with self._lock:
+            timed_out = [self._inflight.pop(b) for b in late]
+            self._abort_inflight("a task beside it timed out")
+            finished = []
+            for flight in timed_out:
+                self._running -= len(flight.nodes)
+                node = flight.nodes[0]
+                task = self.graph.task(node)
+                if self._ledger.attempts[node] <= task.retries:
+                    rewind(self._ledger, flight.lane, flight.nodes)
+                    continue
+                self._ledger.busy[flight.lane] = False
+                error = TaskTimeoutError(
+                    f"task {node!r} ran past its timeout of {task.timeout} s",
+                    task=node,
+                    timeout=task.timeout,
+                )
+                finished += finish(self._ledger, node, Err(error))
+        if self._callbacks:
+            for node in finished:
+                self._call("on_task_done", node, self._results.get(node))
+
+    def _abort_inflight(self, reason: str) -> None:
+        """Kill the backend's work; the batches in flight run again later."""
+        with self._lock:
+            if not self._inflight:
+                return
+            self._backend.kill()
+            for flight in self._inflight.values():
+                self._running -= len(flight.nodes)
+                self._unclaim(flight)
+            logger.debug("aborted %d batches: %s", len(self._inflight), reason)
+            self._inflight.clear()
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for callbacks in self._callbacks:
+            try:
+                getattr(callbacks, hook)(*args)
+            except Exception:
+                logger.exception("alma_dag callback %s failed", hook)
+
+
+def _task_error(node: Hashable, error: BaseException) -> BaseException:
+    """The error a task gets when its batch was lost with ``error``."""
+    if isinstance(error, WorkerDied):
+        return WorkerDied(
+            f"task {node!r}: its worker process died while running it "
+            f"({error.args[0] if error.args else 'no detail'})",
+            task=node,
+        )
+    if isinstance(error, SerializationError):
+        return SerializationError(f"task {node!r}: {error.args[0]}", task=node)
+    return error

@@ -1,0 +1,313 @@
+"""The dispatcher: ledger bookkeeping without threads, then whole runs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+from conftest import WAIT
+
+import alma_dag as ad
+from alma_dag import Dependency, Dispatcher, Err, RunState, TaskGraph
+from alma_dag.dispatch import (
+    MAX_BATCH_TASKS,
+    claim_batch,
+    finish,
+    is_complete,
+    lane_head,
+    rewind,
+    start_ledger,
+)
+from alma_dag.plan import plan_from_lanes
+
+
+def chain(n, function=lambda x: x + 1):
+    g = TaskGraph()
+    prev = g.add(0, function, (0,))
+    for i in range(1, n):
+        prev = g.add(i, function, (prev,))
+    return g
+
+
+def ledger_for(graph, lanes, results=()):
+    plan = plan_from_lanes(graph, lanes, done=dict(results))
+    return start_ledger(graph, plan, dict(results))
+
+
+class TestClaimBatch:
+    def test_chain_in_one_batch_when_cheap(self):
+        """0 -> 1 -> 2 -> 3 on one lane: one batch holds the whole chain."""
+        g = chain(4)
+        ledger = ledger_for(g, [[0, 1, 2, 3]])
+        assert claim_batch(ledger, 0, lambda n: 0.0) == [0, 1, 2, 3]
+        assert claim_batch(ledger, 0, lambda n: 0.0) == []  # lane busy
+
+    def test_unknown_durations_run_alone(self):
+        g = chain(3)
+        ledger = ledger_for(g, [[0, 1, 2]])
+        assert claim_batch(ledger, 0, lambda n: float("inf")) == [0]
+
+    def test_budget_limits_batch(self):
+        g = chain(10)
+        ledger = ledger_for(g, [list(range(10))])
+        assert claim_batch(ledger, 0, lambda n: 1.0, budget=3.0) == [0, 1, 2]
+
+    def test_batch_stops_at_cross_lane_dependency(self):
+        """
+        lane 0: a -> c      c needs b, which lane 1 runs
+        lane 1: b ---^
+        Lane 0's batch is [a] only; after b finishes, c is claimable.
+        """
+        g = TaskGraph()
+        a = g.add("a", abs, (1,))
+        b = g.add("b", abs, (2,))
+        g.add("c", max, (a, b))
+        ledger = ledger_for(g, [["a", "c"], ["b"]])
+        assert claim_batch(ledger, 0, lambda n: 0.0) == ["a"]
+        assert claim_batch(ledger, 1, lambda n: 0.0) == ["b"]
+        finish(ledger, "a", 1)
+        ledger.busy[0] = False
+        assert claim_batch(ledger, 0, lambda n: 0.0) == []
+        finish(ledger, "b", 2)
+        ledger.busy[1] = False
+        assert claim_batch(ledger, 0, lambda n: 0.0) == ["c"]
+
+    def test_timeout_tasks_run_alone(self):
+        g = TaskGraph()
+        g.add("a", abs, (1,))
+        g.add("b", abs, (1,), timeout=5)
+        g.add("c", abs, (1,))
+        ledger = ledger_for(g, [["a", "b", "c"]])
+        assert claim_batch(ledger, 0, lambda n: 0.0) == ["a"]
+        ledger.busy[0] = False
+        assert claim_batch(ledger, 0, lambda n: 0.0) == ["b"]
+        ledger.busy[0] = False
+        assert claim_batch(ledger, 0, lambda n: 0.0) == ["c"]
+
+    def test_max_batch(self):
+        g = TaskGraph()
+        for i in range(MAX_BATCH_TASKS + 5):
+            g.add(i, abs, (i,))
+        ledger = ledger_for(g, [list(g)])
+        assert len(claim_batch(ledger, 0, lambda n: 0.0)) == MAX_BATCH_TASKS
+
+
+class TestFinish:
+    def test_failure_cascades_downstream(self):
+        """
+        a -> b -> c      a fails: b and c get DependencyError naming a;
+        d                d is untouched.
+        """
+        g = chain(3)
+        g.add("d", abs, (1,))
+        ledger = ledger_for(g, [[0, 1, 2], ["d"]])
+        finished = finish(ledger, 0, Err(ValueError("boom")))
+        assert finished == [0, 1, 2]
+        for node in (1, 2):
+            assert ledger.results[node].err_type is ad.DependencyError
+            assert ledger.results[node].exception.dependency == 0
+        assert "d" not in ledger.results
+        assert lane_head(ledger, 0) is None
+
+    def test_long_chain_cascade_has_no_recursion_limit(self):
+        g = chain(5000)
+        ledger = ledger_for(g, [list(range(5000))])
+        assert len(finish(ledger, 0, Err(ValueError()))) == 5000
+        assert is_complete(ledger)
+
+    def test_rewind_puts_batch_back(self):
+        g = chain(4)
+        ledger = ledger_for(g, [[0, 1, 2, 3]])
+        batch = claim_batch(ledger, 0, lambda n: 0.0)
+        rewind(ledger, 0, batch)
+        assert claim_batch(ledger, 0, lambda n: 0.0) == batch
+
+    def test_results_given_are_done(self):
+        g = chain(3)
+        ledger = ledger_for(g, [[1, 2]], results={0: 1})
+        assert claim_batch(ledger, 0, lambda n: 0.0) == [1, 2]
+
+
+class TestRun:
+    def test_inline_chain(self):
+        d = Dispatcher(chain(50), workers=2, backend="inline")
+        assert d.run() is RunState.FINISHED
+        assert d.results[49] == 50
+
+    def test_background_start_and_wait(self):
+        d = Dispatcher(chain(10), workers=1, backend="inline").start()
+        assert d.wait(WAIT)
+        assert d.state is RunState.FINISHED
+        assert d.progress().done == 10
+
+    def test_failed_state_and_retry_on_next_start(self, tmp_path):
+        flag = tmp_path / "ok"
+
+        def flaky():
+            if not flag.exists():
+                raise RuntimeError("not yet")
+            return "fine"
+
+        g = TaskGraph()
+        a = g.add("a", flaky)
+        g.add("b", str.upper, (a,))
+        d = Dispatcher(g, workers=1, backend="inline")
+        assert d.run() is RunState.FAILED
+        assert d.results["b"].err_type is ad.DependencyError
+        flag.touch()
+        assert d.run() is RunState.FINISHED
+        assert d.results == {"a": "fine", "b": "FINE"}
+
+    def test_retries(self, tmp_path):
+        counter = tmp_path / "count"
+
+        def twice_failing():
+            with open(counter, "a") as f:
+                f.write("x")
+            if len(counter.read_text()) < 3:
+                raise RuntimeError("again")
+            return len(counter.read_text())
+
+        g = TaskGraph()
+        g.add("a", twice_failing, retries=2)
+        d = Dispatcher(g, workers=1, backend="inline")
+        assert d.run() is RunState.FINISHED
+        assert d.results["a"] == 3
+
+    def test_finished_run_started_again_does_nothing(self):
+        calls = []
+        g = TaskGraph()
+        g.add("a", calls.append, (1,))
+        d = Dispatcher(g, workers=1, backend="inline")
+        d.run()
+        d.run()
+        assert calls == [1]
+
+
+class TestStateMachine:
+    def test_invalid_transition_names_states(self):
+        d = Dispatcher(chain(2), workers=1, backend="inline")
+        with pytest.raises(ad.InvalidStateError, match="pending to paused"):
+            d.pause()
+        with pytest.raises(ad.InvalidStateError, match="allowed from pending"):
+            d.resume()
+
+    def test_stop_before_start(self):
+        d = Dispatcher(chain(2), workers=1, backend="inline")
+        assert d.stop()
+        assert d.state is RunState.STOPPED
+
+    def test_pause_resume(self):
+        gate = threading.Event()
+        started = []
+        g = TaskGraph()
+        a = g.add("a", lambda: (started.append("a"), gate.wait(WAIT)))
+        g.add("b", lambda _: started.append("b"), (a,))
+        d = Dispatcher(g, workers=1, backend="inline").start()
+        deadline = time.monotonic() + WAIT
+        while not started and time.monotonic() < deadline:
+            time.sleep(0.001)
+        d.pause()
+        assert d.state is RunState.PAUSED
+        gate.set()
+        time.sleep(0.1)
+        assert started == ["a"]  # b did not start while paused
+        d.resume()
+        assert d.wait(WAIT)
+        assert started == ["a", "b"]
+
+    def test_stop_then_start_continues(self, tmp_path):
+        import os
+
+        log = tmp_path / "log"
+
+        def work(i):
+            with open(log, "a") as f:
+                f.write(f"{i}\n")
+            time.sleep(0.05)
+            return i
+
+        g = TaskGraph()
+        for i in range(20):
+            g.add(i, work, (i,))
+        d = Dispatcher(g, workers=2, backend="loky").start()
+        deadline = time.monotonic() + WAIT
+        while d.progress().done < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert d.stop(WAIT)
+        assert d.state is RunState.STOPPED
+        assert d.progress().running == 0
+        done_before = set(d.results)
+        assert 3 <= len(done_before) < 20
+        d.start()
+        assert d.wait(WAIT)
+        assert d.results == {i: i for i in range(20)}
+        runs = [int(x) for x in log.read_text().split()]
+        assert set(runs) == set(range(20))
+        assert all(runs.count(i) == 1 for i in done_before)
+        assert os.path.exists(log)
+
+
+class TestCallbacks:
+    def test_hooks_called(self):
+        events = []
+
+        class Recorder(ad.Callbacks):
+            def on_start(self, dispatcher):
+                events.append("start")
+
+            def on_task_start(self, node):
+                events.append(("begin", node))
+
+            def on_task_done(self, node, result):
+                events.append(("done", node, result))
+
+            def on_finish(self, failed):
+                events.append(("finish", failed))
+
+        Dispatcher(chain(2), workers=1, backend="inline", callbacks=[Recorder()]).run()
+        assert events[0] == "start" and events[-1] == ("finish", False)
+        assert ("done", 1, 2) in events
+        assert events.index(("begin", 1)) < events.index(("done", 1, 2))
+
+    def test_hook_exception_is_logged(self, caplog):
+        class Broken(ad.Callbacks):
+            def on_task_done(self, node, result):
+                raise ValueError("hook bug")
+
+        with caplog.at_level(logging.ERROR, logger="alma_dag.dispatch"):
+            d = Dispatcher(chain(2), workers=1, backend="inline", callbacks=[Broken()])
+            assert d.run() is RunState.FINISHED
+        assert "on_task_done" in caplog.text
+
+
+class TestValidation:
+    @pytest.mark.parametrize("workers", [0, -1, 1.5, True])
+    def test_bad_workers(self, workers):
+        with pytest.raises(ad.DefinitionError, match="workers"):
+            Dispatcher(chain(1), workers=workers)
+
+    def test_bad_backend(self):
+        with pytest.raises(ad.DefinitionError, match="unknown backend 'nope'"):
+            Dispatcher(chain(1), backend="nope")
+
+    def test_not_a_graph(self):
+        with pytest.raises(ad.DefinitionError, match="TaskGraph"):
+            Dispatcher({"a": (abs, 1, 1)})
+
+    def test_invalid_graph(self):
+        g = TaskGraph()
+        g.add("a", abs, (Dependency("zz"),))
+        with pytest.raises(ad.DefinitionError, match="unknown task 'zz'"):
+            Dispatcher(g)
+
+    def test_progress_counts(self):
+        g = chain(5)
+        g.add("boom", lambda: 1 / 0)
+        d = Dispatcher(g, workers=1, backend="inline")
+        d.run()
+        p = d.progress()
+        assert (p.total, p.done, p.failed, p.running, p.pending) == (6, 5, 1, 0, 0)
+        assert p.state is RunState.FAILED
