@@ -276,9 +276,9 @@ def split_arguments(args: Any) -> tuple[tuple, dict]:
 class TaskGraph:
     """A DAG of tasks on a ``networkx.DiGraph``.
 
-    Node ids are any hashable values. Each node's data holds its ``Task``
-    under ``"task"``; an edge ``u -> v`` means v needs u's result, and holds
-    the communication cost under ``"cost"``.
+    Node ids are any hashable values; ``task(node)`` gives a node's ``Task``.
+    In ``nx``, an edge ``u -> v`` means v needs u's result, and holds the
+    communication cost under ``"cost"``.
 
     Examples
     --------
@@ -291,7 +291,12 @@ class TaskGraph:
     """
 
     def __init__(self) -> None:
+        #: The structure: one node per task id, an edge u -> v (with the
+        #: communication cost under "cost") when v needs u's result.
         self.nx = nx.DiGraph()
+        # node id -> Task, in the order tasks were defined. A dependency on
+        # a task not (yet) defined is a node of self.nx missing from here.
+        self._tasks: dict[Hashable, Task] = {}
         self._validated = False
 
     # -- building -----------------------------------------------------------
@@ -349,21 +354,23 @@ class TaskGraph:
             The node id is already used or unhashable, or a field is invalid.
         """
         try:
-            hash(node)
+            known = node in self._tasks
         except TypeError:
             raise DefinitionError(
                 f"node id {node!r} is not hashable", field="node"
             ) from None
-        if node in self.nx and "task" in self.nx.nodes[node]:
+        if known:
             raise DefinitionError(f"task {node!r} is defined twice", field=str(node))
         _check_task(node, task)
-        self.nx.add_node(node, task=task)
-        for dep in find_dependencies((task.args, task.kwargs)):
-            data = self.nx.get_edge_data(dep.task, node)
-            if data is None:
-                self.nx.add_edge(dep.task, node, cost=dep.cost)
-            else:
-                data["cost"] = max(data["cost"], dep.cost)
+        self._tasks[node] = task
+        self.nx.add_node(node)
+        if task.dependencies:
+            for dep in find_dependencies((task.args, task.kwargs)):
+                data = self.nx.get_edge_data(dep.task, node)
+                if data is None:
+                    self.nx.add_edge(dep.task, node, cost=dep.cost)
+                else:
+                    data["cost"] = max(data["cost"], dep.cost)
         self._validated = False
 
     @classmethod
@@ -413,9 +420,8 @@ class TaskGraph:
         """
         if self._validated:
             return
-        nodes = self.nx.nodes
-        for node, data in nodes.items():
-            if "task" not in data:
+        for node in self.nx:
+            if node not in self._tasks:
                 dependent = next(iter(self.nx.successors(node)))
                 raise DefinitionError(
                     f"task {dependent!r} depends on unknown task {node!r}",
@@ -431,7 +437,7 @@ class TaskGraph:
 
     def task(self, node: Hashable) -> Task:
         """The ``Task`` of ``node``."""
-        return self.nx.nodes[node]["task"]
+        return self._tasks[node]
 
     def dependencies(self, node: Hashable) -> Iterator[Hashable]:
         """Node ids of the tasks ``node`` needs."""
@@ -448,13 +454,7 @@ class TaskGraph:
 
     def items(self) -> Iterator[tuple[Hashable, Task]]:
         """``(node id, Task)`` pairs in insertion order."""
-        # A dependency on an unknown task leaves a node without a task; it is
-        # not one of the graph's tasks (validate() reports it).
-        return (
-            (node, data["task"])
-            for node, data in self.nx.nodes.items()
-            if "task" in data
-        )
+        return iter(self._tasks.items())
 
     def to_dict(self) -> dict[Hashable, tuple[Callable, Any, float]]:
         """The dict format, ``{node_id: (function, args, cost)}``."""
@@ -471,13 +471,16 @@ class TaskGraph:
         return out
 
     def __contains__(self, node: object) -> bool:
-        return node in self.nx and "task" in self.nx.nodes[node]
+        try:
+            return node in self._tasks
+        except TypeError:
+            return False
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.items())
+        return len(self._tasks)
 
     def __iter__(self) -> Iterator[Hashable]:
-        return (node for node, _ in self.items())
+        return iter(self._tasks)
 
     def __repr__(self) -> str:
         return (

@@ -161,8 +161,8 @@ class _Indexed:
         #: Node id -> position in ``nodes``.
         self.index = {node: i for i, node in enumerate(self.nodes)}
         #: Cost of each task: measured if known, else estimated.
-        tasks = dict(graph.nx.nodes(data="task"))
-        self.cost = [_cost_of(tasks[node], node, costs) for node in self.nodes]
+        task = graph.task
+        self.cost = [_cost_of(task(node), node, costs) for node in self.nodes]
         #: (dependency, communication cost) pairs of each task.
         self.dependencies: list[list[tuple[int, float]]] = [[] for _ in self.nodes]
         #: (dependent, communication cost) pairs of each task.
