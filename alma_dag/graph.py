@@ -443,9 +443,11 @@ class TaskGraph:
         """Node ids of the tasks ``node`` needs."""
         return self.nx.predecessors(node)
 
-    def dependents(self, node: Hashable) -> Iterator[Hashable]:
-        """Node ids of the tasks that need ``node``."""
-        return self.nx.successors(node)
+    def dependents(self, node: Hashable) -> Iterable[Hashable]:
+        """Node ids of the tasks that need ``node`` (a read-only view)."""
+        # networkx's own adjacency dict: the dispatcher calls this once per
+        # finished task, and successors() builds an iterator object each time.
+        return self.nx._succ[node]
 
     def topological_order(self) -> list[Hashable]:
         """Node ids, each after all its dependencies (validates first)."""

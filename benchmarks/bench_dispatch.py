@@ -38,10 +38,16 @@ def timed(function, *args):
 
 
 def warm_loky():
+    """Start every pool the contenders use, so nobody pays for spawning:
+    loky's reusable executor (raw loky, joblib) and alma_dag's shared pool."""
     import loky
 
     executor = loky.get_reusable_executor(max_workers=WORKERS, timeout=300)
     list(executor.map(trivial, range(WORKERS * 4)))
+    graph = ad.TaskGraph()
+    for i in range(WORKERS * 4):
+        graph.add(i, trivial, (i,))
+    ad.Dispatcher(graph, workers=WORKERS).run()
     return executor
 
 
@@ -166,7 +172,9 @@ def chain(n):
 # -- 3. plan fidelity on a DAG of sleeps -------------------------------------------
 
 
-def sleep_ms(ms, *_inputs):
+def sleep_ms(ms, node, *_inputs):
+    """Sleep ``ms``; ``node`` keeps every task distinct (ampeg merges
+    tasks with equal arguments)."""
     time.sleep(ms / 1000)
     return ms
 
@@ -192,16 +200,23 @@ def lower_bound(nodes):
 def alma_sleep(nodes):
     graph = ad.TaskGraph()
     for i, ms, deps in nodes:
-        graph.add(i, sleep_ms, (ms, *[ad.Dependency(d) for d in deps]), cost=ms)
+        graph.add(i, sleep_ms, (ms, i, *[ad.Dependency(d) for d in deps]), cost=ms)
     plan = ad.heft(graph, WORKERS)
+    print(
+        f"  (alma_dag's plan: makespan / bound {plan.makespan / plan.lower_bound:.3f})"
+    )
     dispatcher = ad.Dispatcher(graph, workers=WORKERS, plan=plan)
     start = time.perf_counter()
     dispatcher.run()
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    assert dispatcher.results == {i: ms for i, ms, _ in nodes}
+    return seconds
 
 
 def dask_graph(nodes):
-    return {f"t{i}": (sleep_ms, ms, *[f"t{d}" for d in deps]) for i, ms, deps in nodes}
+    return {
+        f"t{i}": (sleep_ms, ms, i, *[f"t{d}" for d in deps]) for i, ms, deps in nodes
+    }
 
 
 def dask_processes_sleep(nodes):
@@ -239,13 +254,17 @@ def ampeg_sleep(nodes):
     import ampeg
 
     graph = {
-        i: (sleep_ms, (ms, *[ampeg.Dependency(d, None, 0) for d in deps]), ms)
+        i: (sleep_ms, (ms, i, *[ampeg.Dependency(d, None, 0) for d in deps]), ms)
         for i, ms, deps in nodes
     }
     lists, ids = ampeg.earliest_finish_time(graph, WORKERS)
     start = time.perf_counter()
-    ampeg.execute_task_lists(lists, ids)
-    return time.perf_counter() - start
+    results = ampeg.execute_task_lists(lists, ids)
+    seconds = time.perf_counter() - start
+    failed = sum(isinstance(r, ampeg.Err) for r in results.values())
+    if failed:
+        print(f"  (ampeg: {failed} of {len(nodes)} tasks failed inside ampeg)")
+    return seconds
 
 
 def fidelity(n, seed):

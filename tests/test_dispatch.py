@@ -17,7 +17,7 @@ from alma_dag.dispatch import (
     finish,
     is_complete,
     lane_head,
-    rewind,
+    release,
     start_ledger,
 )
 from alma_dag.plan import plan_from_lanes
@@ -42,7 +42,7 @@ class TestClaimBatch:
         g = chain(4)
         ledger = ledger_for(g, [[0, 1, 2, 3]])
         assert claim_batch(ledger, 0, lambda n: 0.0) == [0, 1, 2, 3]
-        assert claim_batch(ledger, 0, lambda n: 0.0) == []  # lane busy
+        assert claim_batch(ledger, 0, lambda n: 0.0, depth=2) == []  # none left
 
     def test_unknown_durations_run_alone(self):
         g = chain(3)
@@ -68,10 +68,10 @@ class TestClaimBatch:
         assert claim_batch(ledger, 0, lambda n: 0.0) == ["a"]
         assert claim_batch(ledger, 1, lambda n: 0.0) == ["b"]
         finish(ledger, "a", 1)
-        ledger.busy[0] = False
+        release(ledger, 0, ["a"])
         assert claim_batch(ledger, 0, lambda n: 0.0) == []
         finish(ledger, "b", 2)
-        ledger.busy[1] = False
+        release(ledger, 1, ["b"])
         assert claim_batch(ledger, 0, lambda n: 0.0) == ["c"]
 
     def test_timeout_tasks_run_alone(self):
@@ -81,10 +81,28 @@ class TestClaimBatch:
         g.add("c", abs, (1,))
         ledger = ledger_for(g, [["a", "b", "c"]])
         assert claim_batch(ledger, 0, lambda n: 0.0) == ["a"]
-        ledger.busy[0] = False
+        # b runs alone: never prefetched behind a, never without a free worker
+        assert claim_batch(ledger, 0, lambda n: 0.0, depth=2) == []
+        release(ledger, 0, ["a"])
+        finish(ledger, "a", 1)
+        assert claim_batch(ledger, 0, lambda n: 0.0, free_worker=False) == []
         assert claim_batch(ledger, 0, lambda n: 0.0) == ["b"]
-        ledger.busy[0] = False
-        assert claim_batch(ledger, 0, lambda n: 0.0) == ["c"]
+        assert claim_batch(ledger, 0, lambda n: 0.0, depth=2) == ["c"]
+
+    def test_prefetch_takes_only_ready_tasks(self):
+        """
+        lane 0: a  b  c      b needs a; c needs nothing
+        With a in flight, a prefetch skips b (not ready) and stops there,
+        keeping the lane's order.
+        """
+        g = TaskGraph()
+        a = g.add("a", abs, (1,))
+        g.add("b", abs, (a,))
+        g.add("c", abs, (1,))
+        ledger = ledger_for(g, [["a", "b", "c"]])
+        assert claim_batch(ledger, 0, lambda n: float("inf")) == ["a"]
+        assert claim_batch(ledger, 0, lambda n: 0.0, depth=2) == []
+        assert claim_batch(ledger, 0, lambda n: 0.0, depth=1) == []
 
     def test_max_batch(self):
         g = TaskGraph()
@@ -117,12 +135,16 @@ class TestFinish:
         assert len(finish(ledger, 0, Err(ValueError()))) == 5000
         assert is_complete(ledger)
 
-    def test_rewind_puts_batch_back(self):
+    def test_release_puts_unfinished_back(self):
         g = chain(4)
         ledger = ledger_for(g, [[0, 1, 2, 3]])
         batch = claim_batch(ledger, 0, lambda n: 0.0)
-        rewind(ledger, 0, batch)
+        assert lane_head(ledger, 0) is None
+        release(ledger, 0, batch)
         assert claim_batch(ledger, 0, lambda n: 0.0) == batch
+        finish(ledger, 0, 1)
+        release(ledger, 0, batch)
+        assert claim_batch(ledger, 0, lambda n: 0.0) == [1, 2, 3]
 
     def test_results_given_are_done(self):
         g = chain(3)

@@ -16,9 +16,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import pickle
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
 import cloudpickle
 import loky
@@ -35,7 +34,7 @@ from ..errors import (
     TaskFailure,
     WorkerDied,
 )
-from .base import Backend, Batch, Outcome, TaskOutcome, execute_batch
+from .base import Backend, Batch, Outcome, TaskOutcome, as_calls, execute_calls
 
 __all__ = ["LokyBackend", "map_pool_error", "shutdown_pool"]
 
@@ -99,15 +98,14 @@ def shutdown_pool(kill_workers: bool = False) -> None:
         pool.shutdown(wait=True, kill_workers=kill_workers)
 
 
-def _dump_outcomes(
-    items: Sequence[tuple[Hashable, Any]], outcomes: list[TaskOutcome]
-) -> bytes:
+def _dump_outcomes(calls: Sequence[tuple], outcomes: list[TaskOutcome]) -> bytes:
     try:
         return cloudpickle.dumps(outcomes)
     except BaseException:
         pass
     portable = []
-    for (node, _), (result, start, finish) in zip(items, outcomes, strict=True):
+    for call, (result, start, finish) in zip(calls, outcomes, strict=True):
+        node = call[0]
         try:
             cloudpickle.dumps(result)
         except BaseException as exc:
@@ -123,10 +121,10 @@ def _dump_outcomes(
 def run_payload(payload: bytes) -> tuple[bool, bytes | str]:
     """Worker side: unpickle a batch, run it, pickle its outcomes."""
     try:
-        items, inputs = cloudpickle.loads(payload)
+        calls, inputs = cloudpickle.loads(payload)
     except BaseException as exc:
         return False, f"the batch could not be unpickled: {type(exc).__name__}: {exc}"
-    return True, _dump_outcomes(items, execute_batch(items, inputs))
+    return True, _dump_outcomes(calls, execute_calls(calls, inputs))
 
 
 class LokyBackend(Backend):
@@ -140,7 +138,7 @@ class LokyBackend(Backend):
 
     def submit(self, batch: Batch) -> None:
         try:
-            payload = cloudpickle.dumps((batch.items, batch.inputs))
+            payload = cloudpickle.dumps((as_calls(batch.items), batch.inputs))
         except BaseException as exc:
             error = SerializationError(
                 f"batch could not be pickled: {type(exc).__name__}: {exc}"
