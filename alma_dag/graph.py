@@ -297,7 +297,9 @@ class TaskGraph:
         # node id -> Task, in the order tasks were defined. A dependency on
         # a task not (yet) defined is a node of self.nx missing from here.
         self._tasks: dict[Hashable, Task] = {}
+        # Set by validate(), reset by any change.
         self._validated = False
+        self._order: list[Hashable] = []
 
     # -- building -----------------------------------------------------------
 
@@ -428,8 +430,13 @@ class TaskGraph:
                     field=str(dependent),
                 )
         # find_cycle takes quadratic time on a large DAG; the linear
-        # acyclicity test runs first, and find_cycle only to name a cycle.
-        if nx.is_directed_acyclic_graph(self.nx):
+        # topological sort runs first (and is kept), find_cycle only to
+        # name a cycle.
+        try:
+            self._order = list(nx.topological_sort(self.nx))
+        except nx.NetworkXUnfeasible:
+            pass
+        else:
             self._validated = True
             return
         cycle = nx.find_cycle(self.nx)
@@ -452,7 +459,7 @@ class TaskGraph:
     def topological_order(self) -> list[Hashable]:
         """Node ids, each after all its dependencies (validates first)."""
         self.validate()
-        return list(nx.topological_sort(self.nx))
+        return list(self._order)
 
     def items(self) -> Iterator[tuple[Hashable, Task]]:
         """``(node id, Task)`` pairs in insertion order."""
