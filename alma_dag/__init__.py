@@ -21,8 +21,24 @@ from .errors import (
     TaskTimeoutError,
     WorkerDied,
 )
-from .graph import Dependency, Task, TaskGraph, prefix, remove_duplicates, to_dot
-from .plan import Plan, PlannedTask, heft
+from .graph import (
+    Dependency,
+    Task,
+    TaskGraph,
+    extract,
+    prefix,
+    remove_duplicates,
+    resolve,
+    to_dot,
+)
+from .plan import (
+    Plan,
+    PlannedTask,
+    critical_path_length,
+    heft,
+    plan_from_lanes,
+    upward_ranks,
+)
 from .tasklists import (
     Position,
     TaskLists,
@@ -57,11 +73,16 @@ __all__ = [
     "TaskLists",
     "TaskTimeoutError",
     "WorkerDied",
+    "critical_path_length",
     "earliest_finish_time",
     "execute_task_lists",
+    "extract",
     "heft",
+    "plan_from_lanes",
     "prefix",
     "remove_duplicates",
+    "resolve",
     "run",
     "to_dot",
+    "upward_ranks",
 ]

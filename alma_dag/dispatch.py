@@ -25,11 +25,13 @@
   events queue from whatever thread it uses.
 
 Task selection policy: a lane runs its own tasks in plan order and waits
-when its next task waits; one batch per lane is in flight at a time. A
-batch grows while the next task of the lane is ready (its dependencies are
-finished or earlier in the batch) and the batch's estimated duration stays
-under ``TARGET_BATCH_SECONDS``; a task whose duration is not yet known, or
-that has a timeout or retries, runs alone.
+when its next task waits. A batch grows while the next task of the lane is
+ready (its dependencies are finished or earlier in the batch) and the
+batch's estimated duration stays under ``TARGET_BATCH_SECONDS``; a task
+whose duration is not yet known, or that has a timeout or retries, runs
+alone. While a lane's batch runs, the lane may prefetch one more batch of
+tasks that are already ready, which waits in the pool's queue and so
+hides the round trip to a worker.
 
 Failures: a task's exception is its result (an ``Err``); its dependents get
 ``Err(DependencyError)`` at once, without running. When a worker dies, every
@@ -80,6 +82,10 @@ MAX_BATCH_TASKS = 4096
 #: Seconds of per-task overhead in a worker, added to measured durations
 #: when sizing batches.
 TASK_OVERHEAD_SECONDS = 5e-6
+
+#: Seconds between looks at whether a batch past its nominal deadline has
+#: begun running at all.
+_CLOCK_POLL = 0.02
 
 #: Weight of the newest measurement in a function's duration estimate.
 _SMOOTHING = 0.3
@@ -363,8 +369,12 @@ def is_complete(ledger: Ledger) -> bool:
 class _InFlight:
     lane: int
     nodes: list[Hashable]
+    #: time.monotonic() past which the batch may be late, or None.
     deadline: float | None
+    #: Whether the batch runs with nothing else in flight (a suspect).
     isolated: bool
+    #: Whether the deadline was set from the batch's real start.
+    clocked: bool = False
 
 
 class Dispatcher:
@@ -460,14 +470,19 @@ class Dispatcher:
 
     def _transition(self, new: RunState, *, only_from: RunState | None = None) -> None:
         with self._lock:
-            allowed = _TRANSITIONS[self._state]
-            if only_from is not None and self._state is not only_from:
-                allowed = frozenset()
+            old = self._state
+            allowed = _TRANSITIONS[old]
+            if only_from is not None and old is not only_from:
+                raise InvalidStateError(
+                    f"cannot go from {old.value} to {new.value}: only a "
+                    f"{only_from.value} run can; the run is {old.value}"
+                    + ("; call start() to begin it" if old is RunState.PENDING else "")
+                )
             if new not in allowed:
                 names = ", ".join(sorted(s.value for s in allowed)) or "none"
                 raise InvalidStateError(
-                    f"cannot go from {self._state.value} to {new.value}; "
-                    f"allowed from {self._state.value}: {names}"
+                    f"cannot go from {old.value} to {new.value}; "
+                    f"allowed from {old.value}: {names}"
                 )
             self._state = new
             self._state_changed.notify_all()
@@ -501,6 +516,8 @@ class Dispatcher:
         """
         self._transition(RunState.RUNNING)
         self._run()
+        if self._error is not None:
+            raise self._error
         return self._state
 
     def pause(self) -> None:
@@ -663,9 +680,9 @@ class Dispatcher:
             if self._state is not RunState.RUNNING:
                 return
             ledger = self._ledger
-            if ledger.suspects:
+            if ledger.suspects and self._has_suspect_ready(ledger):
                 started = self._claim_suspect(ledger)
-            else:
+            elif not any(flight.isolated for flight in self._inflight.values()):
                 started = self._claim_lanes(ledger)
             if not started and not self._inflight and not is_complete(ledger):
                 heads = [lane_head(ledger, i) for i in range(len(ledger.lanes))]
@@ -701,7 +718,13 @@ class Dispatcher:
             flight.deadline for flight in self._inflight.values()
         )
 
+    def _has_suspect_ready(self, ledger: Ledger) -> bool:
+        heads = (lane_head(ledger, lane) for lane in range(len(ledger.lanes)))
+        return any(h in ledger.suspects and is_ready(ledger, h) for h in heads)
+
     def _claim_suspect(self, ledger: Ledger) -> list[Hashable]:
+        """One suspect, alone, once nothing else is in flight: if its worker
+        dies now, it is the task that killed it."""
         if self._inflight:
             return []
         for lane in range(len(ledger.lanes)):
@@ -710,8 +733,6 @@ class Dispatcher:
                 if nodes:
                     self._submit(lane, nodes, isolated=True)
                     return nodes
-        # No suspect is at the head of its lane: run the others as usual.
-        ledger.suspects.clear()
         return []
 
     def _submit(self, lane: int, nodes: list[Hashable], isolated: bool) -> None:
@@ -832,14 +853,12 @@ class Dispatcher:
             self._ledger.attempts[node] -= 1
 
     def _enforce_timeouts(self) -> None:
-        now = time.monotonic()
-        late = [
-            b for b, f in self._inflight.items() if f.deadline and f.deadline <= now
-        ]
+        late = [b for b in self._inflight if self._is_late(b)]
         if not late:
             return
         with self._lock:
             timed_out = [self._inflight.pop(b) for b in late]
+            self._backend.kill()  # the only way to stop a running task
             self._abort_inflight("a task beside it timed out")
             finished = []
             for flight in timed_out:
@@ -848,6 +867,7 @@ class Dispatcher:
                 task = self.graph.task(node)
                 if self._ledger.attempts[node] <= task.retries:
                     continue
+                self._ledger.suspects.discard(node)
                 error = TaskTimeoutError(
                     f"task {node!r} ran past its timeout of {task.timeout} s",
                     task=node,
@@ -857,6 +877,29 @@ class Dispatcher:
         if self._callbacks:
             for node in finished:
                 self._call("on_task_done", node, self._results.get(node))
+
+    def _is_late(self, batch: int) -> bool:
+        """Whether a batch ran past its timeout. Its deadline is first set
+        from submission; once passed, the backend tells when the batch
+        really began (it may have waited for a worker), and the deadline
+        moves there."""
+        flight = self._inflight[batch]
+        now = time.monotonic()
+        if flight.deadline is None or flight.deadline > now:
+            return False
+        began = self._backend.started(batch)
+        if began is None:
+            if flight.clocked:
+                return True  # the backend does not watch starts
+            flight.deadline = now + _CLOCK_POLL
+            return False
+        flight.clocked = True
+        timeout = self.graph.task(flight.nodes[0]).timeout
+        remaining = began + timeout - time.time()
+        if remaining <= 0:
+            return True
+        flight.deadline = now + remaining
+        return False
 
     def _abort_inflight(self, reason: str) -> None:
         """Kill the backend's work; the batches in flight run again later."""
@@ -880,10 +923,11 @@ class Dispatcher:
 def _task_error(node: Hashable, error: BaseException) -> BaseException:
     """The error a task gets when its batch was lost with ``error``."""
     if isinstance(error, WorkerDied):
+        code = f" (exit code {error.exitcode})" if error.exitcode is not None else ""
         return WorkerDied(
-            f"task {node!r}: its worker process died while running it "
-            f"({error.args[0] if error.args else 'no detail'})",
+            f"task {node!r}: its worker process died while running it{code}",
             task=node,
+            exitcode=error.exitcode,
         )
     if isinstance(error, SerializationError):
         return SerializationError(f"task {node!r}: {error.args[0]}", task=node)

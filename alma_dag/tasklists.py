@@ -213,12 +213,14 @@ def _graph_from_lists(
                 f"got {type(entries).__name__}",
                 field="task_lists",
             )
+    shape = [len(entries) for entries in task_lists]
+    for lane, entries in enumerate(task_lists):
         for index, entry in enumerate(entries):
-            _add_list_entry(graph, lane, index, entry, timeout)
+            _add_list_entry(graph, lane, index, entry, timeout, shape)
     return graph
 
 
-def _add_list_entry(graph, lane, index, entry, timeout) -> None:
+def _add_list_entry(graph, lane, index, entry, timeout, shape) -> None:
     where = f"task list {lane}, entry {index}"
     if not isinstance(entry, (list, tuple)) or len(entry) != 2:
         raise DefinitionError(
@@ -229,7 +231,15 @@ def _add_list_entry(graph, lane, index, entry, timeout) -> None:
     def relabel(dep: Dependency) -> Dependency:
         ref = dep.task
         if isinstance(ref, Position):
-            return Dependency(tuple(ref), dep.key, dep.cost)
+            exists = 0 <= ref.list < len(shape) and 0 <= ref.index < shape[ref.list]
+            if exists and ref != (lane, index):
+                return Dependency(tuple(ref), dep.key, dep.cost)
+            what = "itself" if exists else "no entry"
+            raise DefinitionError(
+                f"{where}: Dependency({ref!r}) refers to {what}; task lists "
+                f"have lengths {shape}",
+                field="task_lists",
+            )
         if isinstance(ref, int) and not isinstance(ref, bool) and 0 <= ref < index:
             return Dependency((lane, ref), dep.key, dep.cost)
         raise DefinitionError(

@@ -213,7 +213,7 @@ class TestStateMachine:
         d = Dispatcher(chain(2), workers=1, backend="inline")
         with pytest.raises(ad.InvalidStateError, match="pending to paused"):
             d.pause()
-        with pytest.raises(ad.InvalidStateError, match="allowed from pending"):
+        with pytest.raises(ad.InvalidStateError, match="only a paused run.*start"):
             d.resume()
 
     def test_stop_before_start(self):

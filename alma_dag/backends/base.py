@@ -186,6 +186,12 @@ class Backend(abc.ABC):
         seconds; returns whether it did any work (only ``inline`` does)."""
         return False
 
+    def started(self, batch_id: int) -> float | None:
+        """Wall-clock time (``time.time()``) a batch with a timeout began
+        running, or None if it has not begun -- or the backend cannot tell,
+        in which case it enforces timeouts itself."""
+        return None
+
     @abc.abstractmethod
     def kill(self) -> None:
         """Abort every running batch, killing its worker if need be."""

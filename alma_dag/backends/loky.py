@@ -14,8 +14,15 @@ is reported with ``WorkerDied``, and the next submit gets a fresh pool.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import mmap
+import os
 import pickle
+import re
+import struct
+import tempfile
 import threading
+import time
+import weakref
 from collections.abc import Sequence
 from functools import partial
 
@@ -23,6 +30,7 @@ import cloudpickle
 import loky
 from loky.process_executor import (
     BrokenProcessPool,
+    LokyRecursionError,
     ShutdownExecutorError,
     TerminatedWorkerError,
 )
@@ -46,6 +54,7 @@ IDLE_TIMEOUT = 300
 # first matching row wins, so subclasses come before their bases.
 _POOL_ERRORS: tuple[tuple[type[BaseException], type[TaskFailure], str], ...] = (
     (TerminatedWorkerError, WorkerDied, "its worker process died"),
+    (LokyRecursionError, WorkerDied, "loky refused to nest another pool"),
     (BrokenProcessPool, WorkerDied, "the worker pool broke"),
     (cf.BrokenExecutor, WorkerDied, "the worker pool broke"),
     (ShutdownExecutorError, TaskCancelled, "the worker pool was shut down"),
@@ -64,38 +73,130 @@ def map_pool_error(exc: BaseException) -> TaskFailure:
     error.__cause__ = exc
     if isinstance(error, TaskCancelled):
         error.reason = meaning
+    if isinstance(error, WorkerDied):
+        error.exitcode = _exit_code(str(exc))
     return error
 
 
-# _pool_lock guards _pool: the process pool shared by every loky backend
-# of this process, so consecutive runs -- from any thread -- reuse warm
-# workers. (loky's own get_reusable_executor keeps one pool per thread, and
-# each run has its own dispatcher thread.)
+def _exit_code(message: str) -> int | str | None:
+    """The exit code in loky's message, e.g. "{EXIT(3)}" or "{SIGSEGV(-11)}"
+    gives 3 or "SIGSEGV"; None when there is none, or several."""
+    codes = re.findall(r"\b([A-Z]+)\((-?\d+)\)", message)
+    if len(codes) != 1:
+        return None
+    name, number = codes[0]
+    return int(number) if name == "EXIT" else name
+
+
+#: Batches with a timeout whose start can be watched at once, per pool.
+CLOCK_SLOTS = 1024
+
+# Set in each worker by _init_worker: where a batch with a timeout writes
+# the time it starts, so the dispatcher starts its clock then and not at
+# submission (the batch may wait in the queue behind another run's work).
+_worker_clocks = None
+
+
+def _init_worker(clocks) -> None:
+    global _worker_clocks
+    _worker_clocks = clocks
+
+
+class _Clocks:
+    """Start times of batches, in a small file that every worker maps.
+
+    Written without locks, so a worker killed at any moment leaves nothing
+    locked; the pool's owner removes the file when the pool goes.
+    """
+
+    def __init__(self, path: str, slots: int = CLOCK_SLOTS) -> None:
+        self.path = path
+        with open(path, "r+b") as file:
+            self._map = mmap.mmap(file.fileno(), 8 * slots)
+
+    @classmethod
+    def create(cls) -> _Clocks:
+        fd, path = tempfile.mkstemp(prefix="alma_dag-clocks-")
+        with os.fdopen(fd, "wb") as file:
+            file.write(bytes(8 * CLOCK_SLOTS))
+        clocks = cls(path)
+        weakref.finalize(clocks, _remove_clocks, clocks._map, path)
+        return clocks
+
+    def __getitem__(self, slot: int) -> float:
+        return struct.unpack_from("d", self._map, 8 * slot)[0]
+
+    def __setitem__(self, slot: int, value: float) -> None:
+        struct.pack_into("d", self._map, 8 * slot, value)
+
+    def __reduce__(self):
+        return (_Clocks, (self.path,))
+
+
+def _remove_clocks(mapping: mmap.mmap, path: str) -> None:
+    mapping.close()
+    try:
+        os.remove(path)
+    except OSError:  # Windows: a worker still maps it; the OS cleans up
+        pass
+
+
+class _Pool:
+    """A loky pool and the start clocks of its batches with a timeout."""
+
+    def __init__(self, n_workers: int) -> None:
+        self.clocks = _Clocks.create()
+        self.executor = loky.ProcessPoolExecutor(
+            max_workers=n_workers,
+            timeout=IDLE_TIMEOUT,
+            initializer=_init_worker,
+            initargs=(self.clocks,),
+        )
+        # _lock guards _free.
+        self._lock = threading.Lock()
+        self._free = list(range(CLOCK_SLOTS))
+
+    def take_slot(self) -> int:
+        """A free clock slot, reset, or -1 when all are taken."""
+        with self._lock:
+            if not self._free:
+                return -1
+            slot = self._free.pop()
+        self.clocks[slot] = 0.0
+        return slot
+
+    def give_slot(self, slot: int) -> None:
+        with self._lock:
+            self._free.append(slot)
+
+
+# _pool_lock guards _pools: the process pools shared by every loky backend
+# of this process, one per size, so consecutive runs -- from any thread --
+# reuse warm workers. (loky's own get_reusable_executor keeps one pool per
+# thread, and each run has its own dispatcher thread.)
 _pool_lock = threading.Lock()
-_pool: loky.ProcessPoolExecutor | None = None
+_pools: dict[int, _Pool] = {}
 
 
-def shared_pool(n_workers: int, *, fresh: bool = False) -> loky.ProcessPoolExecutor:
-    """The shared pool with ``n_workers`` workers, made anew when it has
-    another size, or when ``fresh`` (the old one is broken or shut down)."""
-    global _pool
+def shared_pool(n_workers: int, *, fresh: bool = False) -> _Pool:
+    """The shared pool with ``n_workers`` workers, made anew when there is
+    none or when ``fresh`` (the old one is broken or shut down)."""
     with _pool_lock:
-        if fresh or _pool is None or _pool._max_workers != n_workers:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = loky.ProcessPoolExecutor(
-                max_workers=n_workers, timeout=IDLE_TIMEOUT
-            )
-        return _pool
+        pool = _pools.get(n_workers)
+        if fresh or pool is None:
+            if pool is not None:
+                pool.executor.shutdown(wait=False)
+            pool = _pools[n_workers] = _Pool(n_workers)
+        return pool
 
 
 def shutdown_pool(kill_workers: bool = False) -> None:
-    """Shut the shared pool down, if there is one; its workers exit."""
-    global _pool
+    """Shut the shared pools down; their workers exit."""
     with _pool_lock:
-        pool, _pool = _pool, None
-    if pool is not None:
-        pool.shutdown(wait=True, kill_workers=kill_workers)
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
+        pool.executor.shutdown(wait=True, kill_workers=kill_workers)
 
 
 def _dump_outcomes(calls: Sequence[tuple], outcomes: list[TaskOutcome]) -> bytes:
@@ -118,8 +219,11 @@ def _dump_outcomes(calls: Sequence[tuple], outcomes: list[TaskOutcome]) -> bytes
     return cloudpickle.dumps(portable)
 
 
-def run_payload(payload: bytes) -> tuple[bool, bytes | str]:
-    """Worker side: unpickle a batch, run it, pickle its outcomes."""
+def run_payload(payload: bytes, slot: int = -1) -> tuple[bool, bytes | str]:
+    """Worker side: unpickle a batch, run it, pickle its outcomes. A batch
+    with a timeout first writes its start time in its clock ``slot``."""
+    if slot >= 0 and _worker_clocks is not None:
+        _worker_clocks[slot] = time.time()
     try:
         calls, inputs = cloudpickle.loads(payload)
     except BaseException as exc:
@@ -134,7 +238,11 @@ class LokyBackend(Backend):
 
     def open(self, n_workers, report) -> None:
         super().open(n_workers, report)
-        self._pool: loky.ProcessPoolExecutor | None = None
+        self._pool: _Pool | None = None
+        # _lock guards _slots: batch id -> (pool, clock slot) of batches
+        # with a timeout still running.
+        self._lock = threading.Lock()
+        self._slots: dict[int, tuple[_Pool, int]] = {}
 
     def submit(self, batch: Batch) -> None:
         try:
@@ -147,14 +255,33 @@ class LokyBackend(Backend):
             return
         pool = shared_pool(self.n_workers)
         try:
-            future = pool.submit(run_payload, payload)
+            future = self._submit(pool, batch, payload)
         except (cf.BrokenExecutor, RuntimeError):  # broken or shut down
             pool = shared_pool(self.n_workers, fresh=True)
-            future = pool.submit(run_payload, payload)
+            future = self._submit(pool, batch, payload)
         self._pool = pool
         future.add_done_callback(partial(self._done, batch.id))
 
+    def _submit(self, pool: _Pool, batch: Batch, payload: bytes) -> cf.Future:
+        slot = pool.take_slot() if batch.timeout is not None else -1
+        if slot >= 0:
+            with self._lock:
+                self._slots[batch.id] = (pool, slot)
+        return pool.executor.submit(run_payload, payload, slot)
+
+    def started(self, batch_id: int) -> float | None:
+        with self._lock:
+            pool, slot = self._slots.get(batch_id, (None, -1))
+        if pool is None:
+            return None
+        began = pool.clocks[slot]
+        return began if began > 0 else None
+
     def _done(self, batch_id: int, future: cf.Future) -> None:
+        with self._lock:
+            pool, slot = self._slots.pop(batch_id, (None, -1))
+        if pool is not None:
+            pool.give_slot(slot)
         try:
             ok, data = future.result()
         except BaseException as exc:
@@ -176,7 +303,7 @@ class LokyBackend(Backend):
     def kill(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True, kill_workers=True)
+            pool.executor.shutdown(wait=True, kill_workers=True)
 
     def close(self) -> None:
         self._pool = None
