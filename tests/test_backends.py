@@ -98,7 +98,9 @@ class Harness:
     def results(self, graph, nodes, inputs=()) -> dict:
         """Run one batch; its results by node id."""
         outcomes = self.run(graph, nodes, inputs)
-        return {node: result for node, (result, _, _) in zip(nodes, outcomes)}
+        return {
+            node: result for node, (result, _, _) in zip(nodes, outcomes, strict=True)
+        }
 
     def drain(self) -> None:
         """Take what is left in the queue: no batch may be reported twice."""
@@ -470,14 +472,20 @@ class TestLokyBackend(_BackendContract):
         outcome = harness.wait(died)[died]
         assert outcome.results is None
         assert isinstance(outcome.error, ad.WorkerDied)
-        assert isinstance(outcome.error.__cause__, loky.process_executor.BrokenProcessPool)
+        assert isinstance(
+            outcome.error.__cause__, loky.process_executor.BrokenProcessPool
+        )
         assert harness.results(g, ["next"]) == {"next": 1}
 
-    def test_pool_shut_down_elsewhere_is_replaced(self, harness):
+    def test_pool_killed_by_another_backend_is_replaced(self, harness):
+        """Another run's ``kill()`` shuts the shared pool down under this one."""
         g = TaskGraph()
         g.add("a", abs, (-1,))
         assert harness.results(g, ["a"]) == {"a": 1}
-        shared_pool(harness.n_workers).shutdown(wait=True)
+        other = Harness(LokyBackend())
+        assert other.results(g, ["a"]) == {"a": 1}
+        other.backend.kill()
+        other.backend.close()
         assert harness.results(g, ["a"]) == {"a": 1}
         shutdown_pool()
         assert harness.results(g, ["a"]) == {"a": 1}
@@ -527,13 +535,6 @@ KNOWN_POOL_ERRORS = sorted(
     key=lambda cls: f"{cls.__module__}.{cls.__qualname__}",
 )
 
-UNMAPPED_BUGS = {
-    loky.process_executor.LokyRecursionError: (
-        "LokyRecursionError (a pool that cannot start at this nesting depth) "
-        "falls through to the generic 'the worker pool failed' WorkerDied"
-    ),
-}
-
 
 def _instance(cls: type[BaseException]) -> BaseException:
     return cls("loky said no")
@@ -563,15 +564,7 @@ class TestMapPoolError:
 
     @pytest.mark.parametrize(
         "foreign",
-        [
-            pytest.param(
-                cls,
-                marks=[pytest.mark.xfail(strict=True, reason=UNMAPPED_BUGS[cls])]
-                if cls in UNMAPPED_BUGS
-                else [],
-            )
-            for cls in KNOWN_POOL_ERRORS
-        ],
+        KNOWN_POOL_ERRORS,
         ids=lambda cls: f"{cls.__module__}.{cls.__qualname__}",
     )
     def test_every_known_pool_error_is_mapped(self, foreign):
@@ -582,8 +575,7 @@ class TestMapPoolError:
         assert type(exc).__name__ in str(mapped) and "loky said no" in str(mapped)
         # Not the fall-back for errors nobody thought of.
         assert not str(mapped).startswith(_generic_meaning()), (
-            f"{foreign.__module__}.{foreign.__qualname__} is not mapped: "
-            f"{mapped!r}"
+            f"{foreign.__module__}.{foreign.__qualname__} is not mapped: {mapped!r}"
         )
         for known, ours in EXPECTED_MAPPING.items():
             if isinstance(exc, known):
@@ -631,33 +623,6 @@ class TestRunPayload:
         ok, message = run_payload(cloudpickle.dumps("not a batch"))
         assert ok is False and "ValueError" in message
 
-    def test_payload_the_backend_sends_runs_in_process(self, monkeypatch):
-        """Whatever the payload's format, the one ``LokyBackend.submit``
-        sends is what ``run_payload`` takes."""
-        sent = []
-
-        class InProcessPool:
-            def submit(self, function, *args):
-                sent.append(args)
-                future = cf.Future()
-                future.set_result(function(*args))
-                return future
-
-        monkeypatch.setattr(
-            "alma_dag.backends.loky.shared_pool", lambda *a, **k: InProcessPool()
-        )
-        g = TaskGraph()
-        x = g.add("x", abs, (1,))
-        a = g.add("a", lambda v: -v, (x,))
-        g.add("b", pow, (a, 3))
-        harness = Harness(LokyBackend())
-        assert harness.results(g, ["a", "b"], inputs={"x": 2}) == {"a": -2, "b": -8}
-        [(payload,)] = sent
-        ok, data = run_payload(payload)
-        assert ok is True
-        assert [r for r, _, _ in cloudpickle.loads(data)] == [-2, -8]
-        harness.backend.close()
-
 
 # -- loky: the shared pool ----------------------------------------------------
 
@@ -671,18 +636,18 @@ class TestSharedPool:
         thread.start()
         thread.join(WAIT)
         assert from_thread == [pool]
-        assert pool.submit(abs, -1).result(timeout=WAIT) == 1
+        harness = Harness(LokyBackend())
+        g = TaskGraph()
+        g.add("a", abs, (-1,))
+        assert harness.results(g, ["a"]) == {"a": 1}
+        assert shared_pool(2) is pool  # the backend used it
+        harness.backend.close()
 
-    def test_replaced_when_fresh_or_resized(self):
+    def test_replaced_when_fresh(self):
         pool = shared_pool(2)
         fresh = shared_pool(2, fresh=True)
         assert fresh is not pool
-        with pytest.raises(RuntimeError):  # the old one was shut down
-            pool.submit(abs, -1)
-        resized = shared_pool(3)
-        assert resized is not fresh and resized._max_workers == 3
-        assert resized.submit(abs, -2).result(timeout=WAIT) == 2
-        assert shared_pool(2)._max_workers == 2
+        assert shared_pool(2) is fresh
 
     def test_replaced_after_shutdown(self):
         pool = shared_pool(2)
@@ -690,31 +655,32 @@ class TestSharedPool:
         shutdown_pool()  # nothing left to shut down: no error
         new = shared_pool(2)
         assert new is not pool
-        assert new.submit(abs, -3).result(timeout=WAIT) == 3
-
-    def test_backend_replaces_a_broken_pool(self):
-        pool = shared_pool(2)
-        with pytest.raises(loky.process_executor.TerminatedWorkerError):
-            pool.submit(os._exit, 1).result(timeout=WAIT)
         harness = Harness(LokyBackend())
         g = TaskGraph()
+        g.add("a", abs, (-3,))
+        assert harness.results(g, ["a"]) == {"a": 3}
+        harness.backend.close()
+
+    def test_replaced_after_a_worker_died(self):
+        harness = Harness(LokyBackend())
+        g = TaskGraph()
+        g.add("die", os._exit, (1,))
         g.add("a", abs, (-1,))
+        assert harness.results(g, ["a"]) == {"a": 1}
+        pool = shared_pool(2)
+        died = harness.submit(g, ["die"])
+        assert isinstance(harness.wait(died)[died].error, ad.WorkerDied)
         assert harness.results(g, ["a"]) == {"a": 1}
         assert shared_pool(2) is not pool
         harness.backend.close()
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="concurrent runs with different worker counts replace the shared "
-        "pool on every submit (shared_pool recreates it whenever the size differs)",
-    )
     def test_concurrent_runs_of_different_sizes_do_not_thrash(self, monkeypatch):
         created = []
 
         class CountingPool(loky.ProcessPoolExecutor):
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, **kwargs)
-                created.append(self._max_workers)
+                created.append(kwargs.get("max_workers", args[:1]))
 
         monkeypatch.setattr(loky, "ProcessPoolExecutor", CountingPool)
         shutdown_pool()  # the first pool is counted too
@@ -729,6 +695,5 @@ class TestSharedPool:
         three = ad.Dispatcher(graph(), workers=3).start()
         assert two.wait(WAIT) and three.wait(WAIT)
         assert two.results == three.results == {i: i for i in range(4)}
-        # One pool per size at most (a pool larger than a run's lanes can
-        # serve it: the dispatcher keeps one batch per lane in flight).
+        # Not one pool per submit (each run replacing the other's pool).
         assert len(created) <= 2, f"pools created, by size: {created}"

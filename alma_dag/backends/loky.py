@@ -78,14 +78,12 @@ def map_pool_error(exc: BaseException) -> TaskFailure:
     return error
 
 
-def _exit_code(message: str) -> int | str | None:
-    """The exit code in loky's message, e.g. "{EXIT(3)}" or "{SIGSEGV(-11)}"
-    gives 3 or "SIGSEGV"; None when there is none, or several."""
-    codes = re.findall(r"\b([A-Z]+)\((-?\d+)\)", message)
-    if len(codes) != 1:
-        return None
-    name, number = codes[0]
-    return int(number) if name == "EXIT" else name
+def _exit_code(message: str) -> int | None:
+    """The exit code in loky's message, as ``subprocess`` gives it: 3 for
+    "{EXIT(3)}", -11 (killed by signal 11) for "{SIGSEGV(-11)}"; None when
+    there is none, or several."""
+    codes = re.findall(r"\b[A-Z]+\((-?\d+)\)", message)
+    return int(codes[0]) if len(codes) == 1 else None
 
 
 #: Batches with a timeout whose start can be watched at once, per pool.
