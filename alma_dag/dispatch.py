@@ -741,10 +741,7 @@ class Dispatcher:
         items = tuple((node, graph.task(node)) for node in nodes)
         members = set(nodes)
         inputs = {
-            d: results[d]
-            for _, task in items
-            for d in task.dependencies
-            if d not in members
+            d: results[d] for _, task in items for d in task.inputs if d not in members
         }
         timeout = items[0][1].timeout if len(items) == 1 else None
         for node in nodes:

@@ -24,6 +24,7 @@ key that is not a key of the value falls back to the attribute of that name.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -128,13 +129,19 @@ class Task:
     retries: int = 0
     #: Seconds the task may run before it is stopped; None: no limit.
     timeout: float | None = None
+    #: Node ids of tasks that must succeed first, their results not passed.
+    after: tuple = ()
     #: Node ids of the tasks whose results this one needs (derived).
+    inputs: tuple = field(init=False, default=())
+    #: Node ids of every task this one waits for: inputs, then after (derived).
     dependencies: tuple = field(init=False, default=())
 
     def __post_init__(self) -> None:
         found = find_dependencies((self.args, self.kwargs))
-        needed = dict.fromkeys(dep.task for dep in found)
-        object.__setattr__(self, "dependencies", tuple(needed))
+        inputs = dict.fromkeys(dep.task for dep in found)
+        object.__setattr__(self, "inputs", tuple(inputs))
+        waits = {**inputs, **dict.fromkeys(self.after)}
+        object.__setattr__(self, "dependencies", tuple(waits))
 
 
 def find_dependencies(obj: Any) -> Iterator[Dependency]:
@@ -314,6 +321,7 @@ class TaskGraph:
         memory: float = 0.0,
         retries: int = 0,
         timeout: float | None = None,
+        after: Iterable[Hashable] = (),
     ) -> Dependency:
         """Add a task and return a ``Dependency`` on its result.
 
@@ -335,6 +343,9 @@ class TaskGraph:
         timeout : float, optional
             Seconds an attempt may run; past it the task gives
             ``Err(TaskTimeoutError)``.
+        after : iterable of node ids, optional
+            Tasks that must succeed before this one, without passing their
+            results (an ordering, not a data dependency).
 
         Raises
         ------
@@ -343,7 +354,16 @@ class TaskGraph:
         """
         if isinstance(args, list):
             args = tuple(args)
-        task = Task(function, args, dict(kwargs or {}), cost, memory, retries, timeout)
+        task = Task(
+            function,
+            args,
+            dict(kwargs or {}),
+            cost,
+            memory,
+            retries,
+            timeout,
+            tuple(after),
+        )
         self.add_task(node, task)
         return Dependency(node)
 
@@ -366,13 +386,16 @@ class TaskGraph:
         _check_task(node, task)
         self._tasks[node] = task
         self.nx.add_node(node)
-        if task.dependencies:
+        if task.inputs:
             for dep in find_dependencies((task.args, task.kwargs)):
                 data = self.nx.get_edge_data(dep.task, node)
                 if data is None:
                     self.nx.add_edge(dep.task, node, cost=dep.cost)
                 else:
                     data["cost"] = max(data["cost"], dep.cost)
+        for before in task.after:
+            if not self.nx.has_edge(before, node):
+                self.nx.add_edge(before, node, cost=0.0)
         self._validated = False
 
     @classmethod
@@ -515,11 +538,10 @@ def _relabelled(task: Task, labels: Mapping[Hashable, Hashable]) -> Task:
 
     args = map_dependencies(task.args, relabel)
     kwargs = map_dependencies(task.kwargs, relabel)
-    if args is task.args and kwargs is task.kwargs:
+    after = tuple(labels.get(node, node) for node in task.after)
+    if args is task.args and kwargs is task.kwargs and after == task.after:
         return task
-    return Task(
-        task.function, args, kwargs, task.cost, task.memory, task.retries, task.timeout
-    )
+    return dataclasses.replace(task, args=args, kwargs=kwargs, after=after)
 
 
 def _signature(obj: Any) -> Hashable:
@@ -550,7 +572,11 @@ def _merged_tasks(
     for node in graph.topological_order():
         task = _relabelled(graph.task(node), labels)
         try:
-            key = (id(task.function), _signature((task.args, task.kwargs)))
+            key = (
+                id(task.function),
+                _signature((task.args, task.kwargs)),
+                frozenset(task.after),
+            )
         except TypeError:
             key = None
         if key is None or key not in seen:
@@ -561,16 +587,7 @@ def _merged_tasks(
         original = seen[key]
         labels[node] = original
         if task.cost > kept[original].cost:
-            old = kept[original]
-            kept[original] = Task(
-                old.function,
-                old.args,
-                old.kwargs,
-                task.cost,
-                old.memory,
-                old.retries,
-                old.timeout,
-            )
+            kept[original] = dataclasses.replace(kept[original], cost=task.cost)
     multiplexing: dict[Hashable, list[Hashable]] = {}
     for duplicate, original in labels.items():
         multiplexing.setdefault(original, []).append(duplicate)

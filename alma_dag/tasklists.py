@@ -19,6 +19,7 @@ past ``timeout``.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -478,14 +479,6 @@ def _with_timeout(graph: TaskGraph, timeout: float) -> TaskGraph:
     timed = TaskGraph()
     for node, task in graph.items():
         if task.timeout is None:
-            task = Task(
-                task.function,
-                task.args,
-                task.kwargs,
-                task.cost,
-                task.memory,
-                task.retries,
-                timeout,
-            )
+            task = dataclasses.replace(task, timeout=timeout)
         timed.add_task(node, task)
     return timed

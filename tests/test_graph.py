@@ -407,7 +407,7 @@ class TestTask:
 
     def test_dependencies_cannot_be_given(self):
         with pytest.raises(TypeError):
-            Task(abs, (), {}, 1.0, 0.0, 0, None, ("a",))
+            Task(abs, (), {}, 1.0, 0.0, 0, None, (), ("a",))
 
     def test_travels_with_cloudpickle(self):
         offset = 5
@@ -1246,3 +1246,28 @@ class TestToDot:
             to_dot({"a": (abs, Dependency("a"), 1)})
         with pytest.raises(DefinitionError, match="unknown task"):
             to_dot({"a": (abs, Dependency("zz"), 1)})
+
+
+class TestAfter:
+    def test_ordering_without_data(self):
+        """a   b        c runs after a and b, and receives neither result."""
+        g = TaskGraph()
+        g.add("a", abs, (-1,))
+        b = g.add("b", abs, (-2,))
+        g.add("c", lambda x: x, (b,), after=["a", "b"])
+        task = g.task("c")
+        assert task.inputs == ("b",)
+        assert task.dependencies == ("b", "a")
+        assert set(g.dependencies("c")) == {"a", "b"}
+
+    def test_unknown_after_is_reported(self):
+        g = TaskGraph()
+        g.add("c", abs, (1,), after=["zz"])
+        with pytest.raises(DefinitionError, match="unknown task 'zz'"):
+            g.validate()
+
+    def test_prefix_relabels_after(self):
+        g = TaskGraph()
+        g.add("a", abs, (1,))
+        g.add("c", abs, (1,), after=["a"])
+        assert prefix(g, "p").task(("p", "c")).after == (("p", "a"),)
