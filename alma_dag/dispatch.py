@@ -44,6 +44,7 @@ flight beside it are run again.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import queue
@@ -66,6 +67,7 @@ from .errors import (
 )
 from .graph import TaskGraph
 from .plan import Plan, heft
+from .store import NodeRecord, Store
 
 __all__ = ["Callbacks", "Dispatcher", "Progress", "RunState"]
 
@@ -86,6 +88,9 @@ TASK_OVERHEAD_SECONDS = 5e-6
 #: Seconds between looks at whether a batch past its nominal deadline has
 #: begun running at all.
 _CLOCK_POLL = 0.02
+
+#: Stands for a result recorded by an earlier run; loaded when needed.
+_STORED = object()
 
 #: Weight of the newest measurement in a function's duration estimate.
 _SMOOTHING = 0.3
@@ -393,12 +398,17 @@ class Dispatcher:
         omitted. Later ``start`` calls re-plan what is unfinished.
     callbacks : iterable of Callbacks, optional
         Progress hooks.
+    store : Store, optional
+        Where finished nodes are recorded. Nodes it records done are not
+        run again, and each batch of finished nodes is committed before
+        their dependents are handed out. Node ids must be strings.
 
     Raises
     ------
     DefinitionError
         The graph is invalid, ``workers`` is not a positive integer, the
-        backend is unknown, or the plan does not cover the graph.
+        backend is unknown, the plan does not cover the graph, or a node id
+        is not a string while there is a store.
 
     Examples
     --------
@@ -420,6 +430,7 @@ class Dispatcher:
         *,
         plan: Plan | None = None,
         callbacks: Iterable[Callbacks] = (),
+        store: Store | None = None,
     ) -> None:
         if not isinstance(graph, TaskGraph):
             raise DefinitionError(
@@ -438,8 +449,18 @@ class Dispatcher:
                 f"the plan has {plan.n_processes} lanes but workers={workers}",
                 field="plan",
             )
+        if store is not None:
+            named = next((n for n in graph if not isinstance(n, str)), None)
+            if named is not None:
+                raise DefinitionError(
+                    f"task {named!r}: with a store, node ids must be strings",
+                    field="store",
+                )
         self.graph = graph
         self.workers = workers
+        #: The checkpoint store, or None.
+        self.store = store
+        self._run_lock = contextlib.ExitStack()
         self._backend = get_backend(backend)
         self._next_plan = plan
         self._callbacks = list(callbacks)
@@ -497,9 +518,11 @@ class Dispatcher:
         ------
         InvalidStateError
             The run is already running, paused or stopping.
+        LockedError
+            Another dispatcher is running the same store.
         """
         with self._lock:
-            self._transition(RunState.RUNNING)
+            self._begin()
             self._thread = threading.Thread(
                 target=self._run, name="alma_dag-dispatcher", daemon=True
             )
@@ -513,12 +536,28 @@ class Dispatcher:
         ------
         InvalidStateError
             The run is already running, paused or stopping.
+        LockedError
+            Another dispatcher is running the same store.
         """
-        self._transition(RunState.RUNNING)
+        self._begin()
         self._run()
         if self._error is not None:
             raise self._error
         return self._state
+
+    def _begin(self) -> None:
+        """Take the store's run lock, then go to RUNNING."""
+        if self.store is not None and self._state not in (
+            RunState.RUNNING,
+            RunState.PAUSED,
+            RunState.STOPPING,
+        ):
+            self._run_lock.enter_context(self.store.locked())
+        try:
+            self._transition(RunState.RUNNING)
+        except BaseException:
+            self._run_lock.close()
+            raise
 
     def pause(self) -> None:
         """Start nothing new; running tasks finish. When it returns, no
@@ -576,9 +615,16 @@ class Dispatcher:
 
     @property
     def results(self) -> dict[Hashable, Any]:
-        """A copy of the finished results by node id (``Err`` for failures)."""
+        """A copy of the finished results by node id (``Err`` for failures);
+        results recorded by an earlier run are loaded from the store."""
         with self._lock:
-            return dict(self._results)
+            return {node: self._result(node) for node in self._results}
+
+    def _result(self, node: Hashable) -> Any:
+        result = self._results[node]
+        if result is _STORED:
+            result = self._results[node] = self.store.result(node)
+        return result
 
     def progress(self) -> Progress:
         """A ``Progress`` snapshot; safe from any thread."""
@@ -634,6 +680,7 @@ class Dispatcher:
                 self._state_changed.notify_all()
         finally:
             self._backend.close()
+            self._run_lock.close()
             self._call("on_finish", failed)
             with self._lock:
                 self._state_changed.notify_all()
@@ -644,6 +691,11 @@ class Dispatcher:
                 n: r for n, r in self._results.items() if not isinstance(r, Err)
             }
             done = self._results
+            if self.store is not None:
+                recorded = self.store.done_ids()
+                for node in self.graph:
+                    if node in recorded and node not in done:
+                        done[node] = _STORED
         plan = self._next_plan
         self._next_plan = None
         if plan is None:
@@ -737,11 +789,14 @@ class Dispatcher:
 
     def _submit(self, lane: int, nodes: list[Hashable], isolated: bool) -> None:
         ledger = self._ledger
-        graph, results = self.graph, ledger.results
+        graph = self.graph
         items = tuple((node, graph.task(node)) for node in nodes)
         members = set(nodes)
         inputs = {
-            d: results[d] for _, task in items for d in task.inputs if d not in members
+            d: self._result(d)
+            for _, task in items
+            for d in task.inputs
+            if d not in members
         }
         timeout = items[0][1].timeout if len(items) == 1 else None
         for node in nodes:
@@ -756,26 +811,22 @@ class Dispatcher:
         return float("inf") if seconds is None else seconds + TASK_OVERHEAD_SECONDS
 
     def _wait_for_events(self) -> None:
-        if self._backend.drive(0):
-            self._drain()
-            return
-        timeout = self._next_deadline()
-        try:
-            event = self._events.get(timeout=timeout)
-        except queue.Empty:
-            self._enforce_timeouts()
-            return
-        self._apply(event)
-        self._drain()
-        self._enforce_timeouts()
-
-    def _drain(self) -> None:
+        """Wait for the backend's events and apply them all; settle what
+        they finished."""
+        finished: list[Hashable] = []
+        if not self._backend.drive(0):
+            try:
+                event = self._events.get(timeout=self._next_deadline())
+            except queue.Empty:
+                event = None
+            finished += self._apply(event)
         while True:
             try:
-                event = self._events.get_nowait()
+                finished += self._apply(self._events.get_nowait())
             except queue.Empty:
-                return
-            self._apply(event)
+                break
+        finished += self._enforce_timeouts()
+        self._settle(finished)
 
     def _next_deadline(self) -> float | None:
         deadlines = [f.deadline for f in self._inflight.values() if f.deadline]
@@ -785,18 +836,34 @@ class Dispatcher:
 
     # -- applying outcomes ---------------------------------------------------
 
-    def _apply(self, event: Outcome | None) -> None:
+    def _apply(self, event: Outcome | None) -> list[Hashable]:
+        """Apply a backend's event; returns the nodes it finished."""
         if event is None:
-            return
+            return []
         flight = self._inflight.pop(event.batch, None)
         if flight is None:
-            return  # a batch this dispatcher already gave up on
-        finished: list[Hashable] = []
+            return []  # a batch this dispatcher already gave up on
         with self._lock:
             if event.error is None:
-                finished = self._record(flight, event.results)
-            else:
-                finished = self._lost(flight, event.error)
+                return self._record(flight, event.results)
+            return self._lost(flight, event.error)
+
+    def _settle(self, finished: list[Hashable]) -> None:
+        """Commit finished nodes to the store -- before the next claim hands
+        out their dependents -- then tell the callbacks."""
+        if not finished:
+            return
+        if self.store is not None:
+            attempts, timings = self._ledger.attempts, self.timings
+            self.store.record(
+                NodeRecord(
+                    node,
+                    self._results[node],
+                    attempts.get(node, 0),
+                    *timings.get(node, (None, None)),
+                )
+                for node in finished
+            )
         if self._callbacks:
             for node in finished:
                 self._call("on_task_done", node, self._results.get(node))
@@ -849,10 +916,11 @@ class Dispatcher:
         for node in flight.nodes:
             self._ledger.attempts[node] -= 1
 
-    def _enforce_timeouts(self) -> None:
+    def _enforce_timeouts(self) -> list[Hashable]:
+        """Stop batches past their timeout; returns the nodes it finished."""
         late = [b for b in self._inflight if self._is_late(b)]
         if not late:
-            return
+            return []
         with self._lock:
             timed_out = [self._inflight.pop(b) for b in late]
             self._backend.kill()  # the only way to stop a running task
@@ -871,9 +939,7 @@ class Dispatcher:
                     timeout=task.timeout,
                 )
                 finished += finish(self._ledger, node, Err(error))
-        if self._callbacks:
-            for node in finished:
-                self._call("on_task_done", node, self._results.get(node))
+        return finished
 
     def _is_late(self, batch: int) -> bool:
         """Whether a batch ran past its timeout. Its deadline is first set

@@ -1,0 +1,553 @@
+"""The checkpoint store: one SQLite database per run directory.
+
+In: finished nodes from the dispatcher (results, errors, when they ran),
+states saved by tasks with ``save(text)``, from any process. Out: which
+nodes are done, their results, measured durations and last saved states,
+for a later run to continue where this one stopped.
+
+A run directory holds::
+
+    store.sqlite   nodes, states and meta tables (WAL mode)
+    lock           held (filelock) while a dispatcher runs the directory
+    owner.json     the holder's pid and host, for the message refusing
+                   a second run
+
+Invariants:
+
+- A node is done exactly when its row with status DONE is committed; the
+  dispatcher commits each batch of finished nodes in one transaction
+  before it hands out their dependents. ``synchronous=FULL``: a commit
+  that returned survives a crash of the process or of the machine.
+- ``save(text)`` commits before it returns, from whichever process calls
+  it; the next attempt of that node receives the text as ``state``.
+- Results are pickles, and loading a pickle can run code: the directory
+  is created private to its owner, and a directory or database that
+  another user owns, or that group or others may write, is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import os
+import pickle
+import socket
+import sqlite3
+import stat
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import filelock
+
+from .errors import Err, StoreError
+
+__all__ = [
+    "LockedError",
+    "NodeRecord",
+    "NodeStatus",
+    "Store",
+    "load_state",
+    "save_state",
+]
+
+#: Version of the database layout; a store of another version is refused.
+SCHEMA_VERSION = 1
+
+DATABASE = "store.sqlite"
+
+#: Seconds a writer waits for another process's transaction to finish.
+BUSY_TIMEOUT = 60.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY,
+    status INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    result BLOB,
+    error TEXT,
+    started REAL,
+    finished REAL
+);
+CREATE TABLE IF NOT EXISTS states (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    saved REAL NOT NULL
+);
+"""
+
+
+_SAVE_STATE = "INSERT OR REPLACE INTO states VALUES (?, ?, ?)"
+
+
+class NodeStatus(enum.IntEnum):
+    """A node's status as stored (by value) in the ``nodes`` table."""
+
+    #: Finished with a result.
+    DONE = 1
+    #: Finished with an ``Err``; run again by the next start.
+    FAILED = 2
+
+
+class LockedError(StoreError):
+    """Another dispatcher is running this run directory; ``pid`` and
+    ``host`` name it."""
+
+    def __init__(self, message: str, *, pid: Any = None, host: Any = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.host = host
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """One finished node, as the dispatcher hands it to the store."""
+
+    #: The node id.
+    id: str
+    #: The result: a value, or an ``Err``.
+    result: Any
+    #: Attempts made, this one included.
+    attempts: int = 1
+    #: Wall-clock start and finish, or None when the task did not run.
+    started: float | None = None
+    finished: float | None = None
+
+
+def _dump(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # lambdas, local classes: cloudpickle ships them
+        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _first_line(err: Err) -> str:
+    text = f"{err.err_type.__name__}: {err}"
+    return text.splitlines()[0] if text else err.err_type.__name__
+
+
+def check_private(path: Path) -> None:
+    """Refuse ``path`` if another user owns it or group/others may write it.
+
+    Raises
+    ------
+    StoreError
+        Naming the path and what is wrong. Not checked where the operating
+        system has no owners and modes (Windows).
+    """
+    if sys.platform == "win32":
+        return
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise StoreError(
+            f"{path}: refusing a store owned by another user (uid {info.st_uid}); "
+            "results are pickles, and loading a pickle can run code"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise StoreError(
+            f"{path}: refusing a store that group or others may write "
+            f"(mode {stat.filemode(info.st_mode)}); results are pickles, and "
+            f"loading a pickle can run code. If it is yours: chmod go-w {path}"
+        )
+
+
+class Store:
+    """The SQLite checkpoint store of one run directory.
+
+    Parameters
+    ----------
+    directory : path
+        The run directory.
+    create : bool
+        Create the directory (private to its owner) and the database when
+        missing. Otherwise a missing store is a ``StoreError``.
+    readonly : bool
+        Open for reading only, beside a dispatcher that may be writing.
+
+    Raises
+    ------
+    StoreError
+        The directory or database cannot be created or read, is not a
+        store, has another layout version, or could have been written by
+        someone else.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> directory = pathlib.Path(tempfile.mkdtemp()) / "run.alma"
+    >>> with Store(directory) as store:
+    ...     store.record([NodeRecord("a", 42, started=1.0, finished=3.5)])
+    ...     store.done_ids(), store.result("a"), store.durations()
+    ({'a'}, 42, {'a': 2.5})
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        create: bool = True,
+        readonly: bool = False,
+    ) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / DATABASE
+        made = create and not readonly and not self.directory.exists()
+        try:
+            if made:
+                self._make_directory()
+            elif not self.path.exists():
+                raise StoreError(f"{self.directory}: no alma_dag store here")
+            check_private(self.directory)
+            if self.path.exists():
+                check_private(self.path)
+            self._db = self._connect(readonly)
+            if not readonly:
+                self._initialize()
+            self._check_version()
+        except BaseException:
+            if made:
+                _remove_tree(self.directory)
+            raise
+        # _lock guards _db: the dispatcher thread writes, others may read.
+        self._lock = threading.Lock()
+
+    def _make_directory(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, mode=0o700)
+            os.chmod(self.directory, 0o700)  # whatever the umask
+        except OSError as exc:
+            raise StoreError(
+                f"{self.directory}: cannot create the store: {exc}"
+            ) from exc
+
+    def _connect(self, readonly: bool) -> sqlite3.Connection:
+        uri = f"{self.path.resolve().as_uri()}?mode={'ro' if readonly else 'rwc'}"
+        try:
+            db = sqlite3.connect(
+                uri,
+                uri=True,
+                timeout=BUSY_TIMEOUT,
+                check_same_thread=False,
+                isolation_level=None,
+            )
+            if not readonly:
+                db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"{self.path}: not a readable alma_dag store ({exc}); "
+                "reset the experiment to start afresh"
+            ) from exc
+        if not readonly:
+            os.chmod(self.path, 0o600)
+        return db
+
+    def _initialize(self) -> None:
+        try:
+            self._db.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"{self.path}: cannot initialize the store: {exc}"
+            ) from exc
+
+    def _check_version(self) -> None:
+        try:
+            row = self._db.execute(
+                "SELECT value FROM meta WHERE key = 'schema'"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"{self.path}: not an alma_dag store ({exc}); reset it to start afresh"
+            ) from exc
+        if row is None or row[0] != str(SCHEMA_VERSION):
+            found = "none" if row is None else row[0]
+            raise StoreError(
+                f"{self.path}: store layout version {found}, this alma_dag "
+                f"reads version {SCHEMA_VERSION}"
+            )
+
+    # -- writing -------------------------------------------------------------
+
+    def record(self, records: Iterable[NodeRecord]) -> None:
+        """Commit finished nodes, all in one transaction.
+
+        Raises
+        ------
+        StoreError
+            The transaction failed (for example, the disk is full); nothing
+            of it is recorded.
+        """
+        rows = []
+        for rec in records:
+            if isinstance(rec.result, Err):
+                status, error = NodeStatus.FAILED, _first_line(rec.result)
+            else:
+                status, error = NodeStatus.DONE, None
+            rows.append(
+                (
+                    rec.id,
+                    int(status),
+                    rec.attempts,
+                    _dump(rec.result),
+                    error,
+                    rec.started,
+                    rec.finished,
+                )
+            )
+        self._write("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def forget(self, nodes: Iterable[str]) -> None:
+        """Forget what is recorded of ``nodes``, so they run again."""
+        self._write("DELETE FROM nodes WHERE id = ?", [(node,) for node in nodes])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Record a piece of run metadata."""
+        self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(key, value)])
+
+    def save_state(self, node: str, state: str) -> None:
+        """Commit the state ``node`` saved."""
+        self._write(_SAVE_STATE, [(node, state, time.time())])
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany(sql, rows)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot record: {exc}") from exc
+
+    def clear(self) -> None:
+        """Forget every node, state and piece of metadata but the layout."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for table in ("nodes", "states"):
+                    self._db.execute(f"DELETE FROM {table}")
+                self._db.execute("DELETE FROM meta WHERE key != 'schema'")
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot clear: {exc}") from exc
+
+    # -- reading -------------------------------------------------------------
+
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot read: {exc}") from exc
+
+    def done_ids(self) -> set[str]:
+        """Ids of the nodes recorded done."""
+        rows = self._read("SELECT id FROM nodes WHERE status = ?", (NodeStatus.DONE,))
+        return {row[0] for row in rows}
+
+    def failures(self) -> dict[str, str]:
+        """First error line of each node recorded failed, by id."""
+        rows = self._read(
+            "SELECT id, error FROM nodes WHERE status = ?", (NodeStatus.FAILED,)
+        )
+        return dict(rows)
+
+    def counts(self) -> dict[NodeStatus, int]:
+        """How many nodes are recorded with each status."""
+        rows = self._read("SELECT status, count(*) FROM nodes GROUP BY status")
+        counts = dict.fromkeys(NodeStatus, 0)
+        counts.update({NodeStatus(status): n for status, n in rows})
+        return counts
+
+    def result(self, node: str) -> Any:
+        """The recorded result of ``node`` (an ``Err`` if it failed).
+
+        Raises
+        ------
+        KeyError
+            Nothing is recorded for ``node``.
+        StoreError
+            The result cannot be unpickled (for example, its class is gone).
+        """
+        rows = self._read("SELECT result FROM nodes WHERE id = ?", (node,))
+        if not rows:
+            raise KeyError(node)
+        try:
+            return pickle.loads(rows[0][0])
+        except Exception as exc:
+            raise StoreError(
+                f"{self.path}: the result of {node!r} cannot be loaded: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def durations(self) -> dict[str, float]:
+        """Measured seconds of each node that ran to a result."""
+        rows = self._read(
+            "SELECT id, finished - started FROM nodes "
+            "WHERE status = ? AND started IS NOT NULL",
+            (NodeStatus.DONE,),
+        )
+        return dict(rows)
+
+    def state(self, node: str) -> str:
+        """The last state ``node`` saved, or "" if it saved none."""
+        rows = self._read("SELECT state FROM states WHERE id = ?", (node,))
+        return rows[0][0] if rows else ""
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        """A piece of run metadata."""
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else default
+
+    # -- the run lock --------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run directory's lock; refuse if another holds it.
+
+        A lock left by a dead process is free: the operating system
+        releases it with the process.
+
+        Raises
+        ------
+        LockedError
+            Another dispatcher, in this process or another, holds it.
+        """
+        lock = filelock.FileLock(
+            self.directory / "lock", is_singleton=False, thread_local=False
+        )
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            holder = self.holder() or {}
+            pid, host = holder.get("pid"), holder.get("host")
+            raise LockedError(
+                f"{self.directory}: already being run by process {pid} on host "
+                f"{host}; stop it first, or wait for it to end",
+                pid=pid,
+                host=host,
+            ) from None
+        owner = self.directory / "owner.json"
+        try:
+            owner.write_text(
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "host": socket.gethostname(),
+                        "since": time.time(),
+                    }
+                )
+            )
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                owner.unlink()
+            lock.release()
+
+    def holder(self) -> dict[str, Any] | None:
+        """Who holds the run lock (pid, host, since), if anyone says so."""
+        try:
+            return json.loads((self.directory / "owner.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Store {self.directory}>"
+
+
+def _remove_tree(directory: Path) -> None:
+    for child in sorted(directory.rglob("*"), reverse=True):
+        with contextlib.suppress(OSError):
+            child.rmdir() if child.is_dir() else child.unlink()
+    with contextlib.suppress(OSError):
+        directory.rmdir()
+
+
+# -- saving state from a worker process ----------------------------------------
+
+# _writers_lock guards _writers: per-process connections used by save().
+_writers_lock = threading.Lock()
+_writers: dict[str, sqlite3.Connection] = {}
+
+
+def _writer(database: str) -> sqlite3.Connection:
+    with _writers_lock:
+        db = _writers.get(database)
+        if db is None:
+            try:
+                db = sqlite3.connect(
+                    database,
+                    timeout=BUSY_TIMEOUT,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                db.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as exc:
+                message = f"{database}: cannot open the store: {exc}"
+                raise StoreError(message) from exc
+            _writers[database] = db
+        return db
+
+
+def load_state(database: str, node: str) -> str:
+    """The last state ``node`` saved in the store at ``database``, or "";
+    what a task receives as ``state``, read in the worker when it starts."""
+    try:
+        row = (
+            _writer(database)
+            .execute("SELECT state FROM states WHERE id = ?", (node,))
+            .fetchone()
+        )
+    except sqlite3.Error as exc:
+        message = f"{database}: cannot read the state of {node!r}: {exc}"
+        raise StoreError(message) from exc
+    return row[0] if row else ""
+
+
+def save_state(database: str, node: str, state: str) -> None:
+    """Commit ``state`` for ``node`` in the store at ``database``, from any
+    process; what ``save(text)`` does inside a task.
+
+    Raises
+    ------
+    TypeError
+        ``state`` is not a string.
+    StoreError
+        The store cannot be written.
+    """
+    if not isinstance(state, str):
+        raise TypeError(
+            f"save() takes a string, got {type(state).__name__}; "
+            "encode the state first (for example with json.dumps)"
+        )
+    db = _writer(database)
+    with _writers_lock:  # one statement at a time on the shared connection
+        try:
+            db.execute(_SAVE_STATE, (node, state, time.time()))
+        except sqlite3.Error as exc:
+            message = f"{database}: cannot save the state of {node!r}: {exc}"
+            raise StoreError(message) from exc
