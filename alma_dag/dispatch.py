@@ -78,6 +78,11 @@ logger = logging.getLogger(__name__)
 #: 0.3 ms), short enough not to hold back dependents in other lanes.
 TARGET_BATCH_SECONDS = 0.005
 
+#: A lane prefetches its next batch only when that batch's first task is
+#: expected to take at most this many seconds; for longer tasks the round
+#: trip saved is negligible, and a queued batch would only look "running".
+PREFETCH_SECONDS = 0.1
+
 #: Most tasks in one batch, whatever their durations.
 MAX_BATCH_TASKS = 4096
 
@@ -752,8 +757,8 @@ class Dispatcher:
         started: list[Hashable] = []
         for depth in (1, 2):
             for lane in range(len(ledger.lanes)):
-                if depth == 2 and not self._may_prefetch():
-                    return started
+                if depth == 2 and not self._may_prefetch(ledger, lane):
+                    continue
                 free_worker = len(self._inflight) < self.workers
                 nodes = claim_batch(
                     ledger, lane, self._estimate, depth=depth, free_worker=free_worker
@@ -763,11 +768,16 @@ class Dispatcher:
                     started += nodes
         return started
 
-    def _may_prefetch(self) -> bool:
-        # A prefetched batch waits in the pool's queue, so not while a
-        # timeout's clock is running: its task must not wait behind it.
-        return len(self._inflight) < 2 * self.workers and not any(
-            flight.deadline for flight in self._inflight.values()
+    def _may_prefetch(self, ledger: Ledger, lane: int) -> bool:
+        # A prefetched batch waits in the pool's queue: worth it for short
+        # tasks only, and never while a timeout's clock runs (its task must
+        # not wait behind it).
+        head = lane_head(ledger, lane)
+        return (
+            head is not None
+            and self._estimate(head) <= PREFETCH_SECONDS
+            and len(self._inflight) < 2 * self.workers
+            and not any(flight.deadline for flight in self._inflight.values())
         )
 
     def _has_suspect_ready(self, ledger: Ledger) -> bool:

@@ -1,0 +1,171 @@
+"""The ``alma-dag`` command: a thin layer over ``alma_dag.experiment``.
+
+::
+
+    alma-dag run EXPERIMENT [--workers N] [--backend NAME]
+    alma-dag status EXPERIMENT
+    alma-dag reset EXPERIMENT
+
+``run`` shows a progress bar; Ctrl-C stops the run cleanly (running calls
+are aborted, everything finished is kept) and a later ``run`` continues.
+An ``AlmaDagError`` is printed as ``TypeName: message`` without a
+traceback and exits with status 2; any other exception is a bug and shows
+its traceback.
+
+Exit status: 0 when the experiment finished, 1 when some run failed, 2 on
+bad input, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from . import __version__
+from .dispatch import RunState
+from .errors import AlmaDagError
+from .experiment import ExperimentRun, load, reset, status
+
+__all__ = ["main"]
+
+#: Seconds between progress bar updates.
+REFRESH = 0.2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alma-dag",
+        description="Plan, run, pause and resume experiments described by "
+        ".experiment files.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run what is left of an experiment")
+    run.add_argument("experiment", help="the .experiment file")
+    run.add_argument("--workers", type=int, help="override the file's workers")
+    run.add_argument(
+        "--backend",
+        default="loky",
+        choices=["loky", "inline"],
+        help="where runs execute (default: loky, a process pool)",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    show = commands.add_parser("status", help="show an experiment's progress")
+    show.add_argument("experiment", help="the .experiment file")
+    forget = commands.add_parser("reset", help="forget an experiment's checkpoints")
+    forget.add_argument("experiment", help="the .experiment file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    options = _parser().parse_args(argv)
+    try:
+        if options.command == "run":
+            return _run(options)
+        if options.command == "status":
+            return _status(options.experiment)
+        return _reset(options.experiment)
+    except AlmaDagError as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(options: argparse.Namespace) -> int:
+    run = load(options.experiment, workers=options.workers, backend=options.backend)
+    progress = run.progress()
+    name = run.experiment.name
+    print(
+        f"{name}: {progress.total - progress.done} of {progress.total} tasks to run "
+        f"on {run.workers} workers"
+    )
+    bar = tqdm(
+        total=progress.total,
+        initial=progress.done,
+        unit="task",
+        disable=options.quiet,
+        desc=name,
+        dynamic_ncols=True,
+    )
+    try:
+        run.start()
+        try:
+            while not run.wait(REFRESH):
+                _update(bar, run)
+        except KeyboardInterrupt:
+            bar.write("interrupted: stopping (finished runs are kept)...")
+            run.stop()
+            _update(bar, run)
+            bar.close()
+            print(f"{name}: stopped; `alma-dag run` continues where it stopped")
+            return 130
+        _update(bar, run)
+    finally:
+        bar.close()
+    return _summary(run)
+
+
+def _update(bar: tqdm, run: ExperimentRun) -> None:
+    progress = run.progress()
+    bar.n = progress.done + progress.failed
+    bar.set_postfix(failed=progress.failed, running=progress.running, refresh=False)
+    bar.refresh()
+
+
+def _summary(run: ExperimentRun) -> int:
+    progress = run.progress()
+    name = run.experiment.name
+    print(
+        f"{name}: {run.state.value}: {progress.done} done, {progress.failed} failed, "
+        f"of {progress.total}, in {progress.elapsed:.1f} s"
+    )
+    if run.state is RunState.FINISHED:
+        return 0
+    failures = run.store.failures()
+    for node, error in sorted(failures.items())[:20]:
+        print(f"  failed {node}: {error}")
+    if len(failures) > 20:
+        print(f"  ... and {len(failures) - 20} more (alma-dag status shows them)")
+    return 1
+
+
+def _status(path: str) -> int:
+    info = status(path)
+    experiment = info.experiment
+    failed = len(info.failures)
+    left = info.total - info.done - failed
+    print(f"{experiment.name} ({experiment.path})")
+    print(
+        f"  {info.done} done, {failed} failed, {left} to run, of {info.total} runs "
+        f"({len(experiment.instances)} instances x {experiment.iterations} iterations"
+        + (
+            f" x {len(experiment.combinations)} combinations)"
+            if experiment.combinations is not None
+            else ")"
+        )
+    )
+    if info.finished:
+        print("  finished: done() has run")
+    if info.holder:
+        print(
+            f"  running now: process {info.holder.get('pid')} on "
+            f"{info.holder.get('host')}"
+        )
+    for node, error in sorted(info.failures.items()):
+        print(f"  failed {node}: {error}")
+    return 0
+
+
+def _reset(path: str) -> int:
+    if reset(path):
+        print(f"{path}: checkpoints forgotten")
+    else:
+        print(f"{path}: nothing to forget")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
