@@ -6,6 +6,7 @@ Everything public is importable from here; the submodules are the stages
 
 from __future__ import annotations
 
+from . import experiment
 from .dispatch import Callbacks, Dispatcher, Progress, RunState
 from .errors import (
     AlmaDagError,
@@ -31,6 +32,7 @@ from .graph import (
     resolve,
     to_dot,
 )
+from .experiment import ExperimentError, ExperimentRun
 from .plan import (
     Plan,
     PlannedTask,
@@ -39,6 +41,8 @@ from .plan import (
     plan_from_lanes,
     upward_ranks,
 )
+from .store import LockedError, NodeStatus, Store
+from .sweep import HashableDict, geom, igeom, sweep, sweep_stats
 from .tasklists import (
     Position,
     TaskLists,
@@ -58,13 +62,19 @@ __all__ = [
     "DependencyError",
     "Dispatcher",
     "Err",
+    "ExperimentError",
+    "ExperimentRun",
+    "HashableDict",
     "InvalidStateError",
+    "LockedError",
+    "NodeStatus",
     "Plan",
     "PlannedTask",
     "Position",
     "Progress",
     "RunState",
     "SerializationError",
+    "Store",
     "StoreError",
     "Task",
     "TaskCancelled",
@@ -76,13 +86,18 @@ __all__ = [
     "critical_path_length",
     "earliest_finish_time",
     "execute_task_lists",
+    "experiment",
     "extract",
+    "geom",
     "heft",
+    "igeom",
     "plan_from_lanes",
     "prefix",
     "remove_duplicates",
     "resolve",
     "run",
+    "sweep",
+    "sweep_stats",
     "to_dot",
     "upward_ranks",
 ]
