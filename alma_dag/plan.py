@@ -457,21 +457,30 @@ def earliest_starts(
     finish and every other lane a communication cost later."""
     if not dependencies:
         return [0.0] * n_lanes
-    local = [0.0] * n_lanes  # latest finish of a dependency on the lane
-    sent = [0.0] * n_lanes  # latest arrival elsewhere of a result from the lane
+    local: dict[int, float] = {}  # latest finish of a dependency on the lane
+    sent: dict[int, float] = {}  # latest arrival elsewhere of a result from it
     for j, comm in dependencies:
         lane, done_at = lane_of[j], finish[j]
-        if done_at > local[lane]:
+        if done_at > local.get(lane, 0.0):
             local[lane] = done_at
-        if done_at + comm > sent[lane]:
+        if done_at + comm > sent.get(lane, 0.0):
             sent[lane] = done_at + comm
-    # Results that must travel to lane l come from every lane but l.
-    top = max(range(n_lanes), key=sent.__getitem__)
-    runner_up = max(sent[:top] + sent[top + 1 :], default=0.0)
-    return [
-        max(local[lane], runner_up if lane == top else sent[top])
-        for lane in range(n_lanes)
-    ]
+    # Results that must travel to lane l come from every lane but l: every
+    # lane waits for the latest arrival, except the lane it comes from,
+    # which waits for the runner-up.
+    top, first, second = -1, 0.0, 0.0
+    for lane, arrival in sent.items():
+        if arrival > first:
+            top, first, second = lane, arrival, first
+        elif arrival > second:
+            second = arrival
+    starts = [first] * n_lanes
+    if top >= 0:
+        starts[top] = second
+    for lane, done_at in local.items():
+        if done_at > starts[lane]:
+            starts[lane] = done_at
+    return starts
 
 
 def _best_slot(
@@ -484,7 +493,11 @@ def _best_slot(
     for lane, earliest in enumerate(starts):
         if earliest + duration >= best_finish:
             continue  # cannot finish sooner, whatever the gaps
-        start, block, k = lanes[lane].find_slot(earliest, duration)
+        slots = lanes[lane]
+        if slots.last_ends:
+            start, block, k = slots.find_slot(earliest, duration)
+        else:  # no idle gap: the task goes at the end (the common case)
+            start, block, k = max(slots.end, earliest), -1, -1
         if start + duration < best_finish:
             best, best_finish = (lane, start, block, k), start + duration
     return best
