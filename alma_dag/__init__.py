@@ -8,6 +8,14 @@ from __future__ import annotations
 
 from . import experiment
 from .dispatch import Callbacks, Dispatcher, Progress, RunState
+from .engine import (
+    Engine,
+    OutputCapture,
+    copy_outputs,
+    logger,
+    redirect_outputs,
+    slugify,
+)
 from .errors import (
     AlmaDagError,
     CycleError,
@@ -22,6 +30,7 @@ from .errors import (
     TaskTimeoutError,
     WorkerDied,
 )
+from .experiment import ExperimentError, ExperimentRun
 from .graph import (
     Dependency,
     Task,
@@ -32,7 +41,6 @@ from .graph import (
     resolve,
     to_dot,
 )
-from .experiment import ExperimentError, ExperimentRun
 from .plan import (
     Plan,
     PlannedTask,
@@ -61,6 +69,7 @@ __all__ = [
     "Dependency",
     "DependencyError",
     "Dispatcher",
+    "Engine",
     "Err",
     "ExperimentError",
     "ExperimentRun",
@@ -68,6 +77,7 @@ __all__ = [
     "InvalidStateError",
     "LockedError",
     "NodeStatus",
+    "OutputCapture",
     "Plan",
     "PlannedTask",
     "Position",
@@ -83,6 +93,7 @@ __all__ = [
     "TaskLists",
     "TaskTimeoutError",
     "WorkerDied",
+    "copy_outputs",
     "critical_path_length",
     "earliest_finish_time",
     "execute_task_lists",
@@ -91,11 +102,14 @@ __all__ = [
     "geom",
     "heft",
     "igeom",
+    "logger",
     "plan_from_lanes",
     "prefix",
+    "redirect_outputs",
     "remove_duplicates",
     "resolve",
     "run",
+    "slugify",
     "sweep",
     "sweep_stats",
     "to_dot",
