@@ -28,6 +28,7 @@ from functools import partial
 
 import cloudpickle
 import loky
+import psutil
 from loky.process_executor import (
     BrokenProcessPool,
     LokyRecursionError,
@@ -95,9 +96,34 @@ CLOCK_SLOTS = 1024
 _worker_clocks = None
 
 
-def _init_worker(clocks) -> None:
+#: Seconds between a worker's looks at whether its dispatcher's process is
+#: still alive.
+PARENT_POLL = 0.5
+
+
+def _init_worker(clocks, parent: int) -> None:
     global _worker_clocks
     _worker_clocks = clocks
+    threading.Thread(
+        target=_exit_with_parent,
+        args=(parent,),
+        name="alma_dag-parent-watch",
+        daemon=True,
+    ).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Exit the worker once the process that made its pool is gone.
+
+    loky's workers wait on their call queue, whose pipe they hold both
+    ends of, so they never see their parent die: without this, a killed
+    dispatcher's workers would go on running the batches queued for them
+    -- beside the ones a restarted run hands out again -- and linger for
+    the pool's idle timeout.
+    """
+    while psutil.pid_exists(parent) and os.getppid() == parent:
+        time.sleep(PARENT_POLL)
+    os._exit(1)
 
 
 class _Clocks:
@@ -148,7 +174,7 @@ class _Pool:
             max_workers=n_workers,
             timeout=IDLE_TIMEOUT,
             initializer=_init_worker,
-            initargs=(self.clocks,),
+            initargs=(self.clocks, os.getpid()),
         )
         # _lock guards _free.
         self._lock = threading.Lock()
