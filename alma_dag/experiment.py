@@ -13,9 +13,10 @@ and ``example.batch``, ``{"instances": ["file1", ...]}``, whose relative
 instance paths resolve against the batch file's folder.
 
 The run module defines ``run(instance)`` or ``run(instance, save, state)``
-and optionally ``done()``. With ``parameters``, each combination of the
-sweep is its own set of nodes, and reaches ``run`` as a dict in its
-``parameters`` argument, so ``run`` must accept one:
+and optionally ``done()``; its folder is on ``sys.path`` (here and in the
+workers), so it may import modules beside it. With ``parameters``, each
+combination of the sweep is its own set of nodes, and reaches ``run`` as a
+dict in its ``parameters`` argument, so ``run`` must accept one:
 ``run(instance, parameters)`` or ``run(instance, save, state, parameters)``.
 
 Out: a ``ExperimentRun`` (a ``Dispatcher``) over one node per (instance,
@@ -51,7 +52,7 @@ from .backends import Backend
 from .dispatch import Callbacks, Dispatcher, Progress
 from .errors import DefinitionError
 from .graph import TaskGraph
-from .store import Store, load_state, save_state
+from .store import Store, load_state, run_lock, save_state
 from .sweep import sweep
 
 __all__ = [
@@ -196,6 +197,13 @@ def read_experiment(path: str | os.PathLike) -> Experiment:
     combinations = None
     if "parameters" in data:
         combinations = _combinations(data["parameters"], path)
+    if not batch.is_file():
+        raise ExperimentError(
+            f"batch file {str(batch)!r} not found; field 'batch' names it, "
+            "relative to the experiment file",
+            path=str(path),
+            field="batch",
+        )
     return Experiment(
         path,
         name,
@@ -239,7 +247,9 @@ def _instances(batch: Path) -> tuple[str, ...]:
         seen: set[str] = set()
         twice = next(i for i in instances if i in seen or seen.add(i))
         raise ExperimentError(
-            f"instance {twice!r} is listed twice", path=str(batch), field="instances"
+            f"field 'instances': instance {twice!r} is listed twice",
+            path=str(batch),
+            field="instances",
         )
     return tuple(instances)
 
@@ -269,6 +279,9 @@ def _load_module(experiment: Experiment) -> _RunModule:
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    folder = str(path.parent)
+    if folder not in sys.path:  # so the run module's own imports work
+        sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
@@ -322,7 +335,39 @@ def _inspect_module(module: Any, path: Path, swept: bool) -> _RunModule:
             path=str(path),
             field="run",
         )
+    wanted = params.get("parameters")
+    if not swept and wanted is not None and wanted.default is wanted.empty:
+        raise ExperimentError(
+            "run() requires a 'parameters' argument but the experiment has no "
+            "'parameters' field; add one, or give the argument a default",
+            path=str(path),
+            field="run",
+        )
     return _RunModule(run, done, len(positional) == 3, takes_parameters)
+
+
+class _Beside:
+    """A run module's function on its way to a worker: it travels by value
+    and is unpickled there only once the module's folder is on sys.path,
+    so the names the module imported (a helper module beside it) resolve."""
+
+    __slots__ = ("function", "folder")
+
+    def __init__(self, function: Callable, folder: str) -> None:
+        self.function = function
+        self.folder = folder
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **kwargs)
+
+    def __reduce__(self):
+        return (_unpickle_beside, (self.folder, cloudpickle.dumps(self.function)))
+
+
+def _unpickle_beside(folder: str, payload: bytes) -> Callable:
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return cloudpickle.loads(payload)
 
 
 def call_run(
@@ -370,6 +415,7 @@ def compile_graph(
     the same instance when there are some, else the mean of all."""
     graph = TaskGraph()
     folder = str(experiment.module.parent)
+    run = _Beside(module.run, folder)
     costs = _cost_model(durations)
     combos = [None] if experiment.combinations is None else experiment.combinations
     for instance in experiment.instances:
@@ -380,7 +426,7 @@ def compile_graph(
                 if node in done:
                     continue
                 args = (
-                    module.run,
+                    run,
                     path,
                     node,
                     database,
@@ -391,7 +437,11 @@ def compile_graph(
                 graph.add(node, call_run, args, cost=costs(instance))
     if module.done is not None and (len(graph) or DONE_NODE not in done):
         graph.add(
-            DONE_NODE, call_done, (module.done, folder), cost=0.0, after=list(graph)
+            DONE_NODE,
+            call_done,
+            (_Beside(module.done, folder), folder),
+            cost=0.0,
+            after=list(graph),
         )
     return graph
 
@@ -590,11 +640,7 @@ def reset(path: str | os.PathLike) -> bool:
     experiment = read_experiment(path)
     if not experiment.run_dir.exists():
         return False
-    store = Store(experiment.run_dir, create=False)
-    try:
-        with store.locked():
-            store.close()
-            shutil.rmtree(experiment.run_dir)
-    finally:
-        store.close()
+    # The lock, not the store: one too damaged to open is one to reset.
+    with run_lock(experiment.run_dir):
+        shutil.rmtree(experiment.run_dir)
     return True

@@ -36,6 +36,7 @@ import socket
 import sqlite3
 import stat
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -54,6 +55,8 @@ __all__ = [
     "NodeStatus",
     "Store",
     "load_state",
+    "lock_holder",
+    "run_lock",
     "save_state",
 ]
 
@@ -85,6 +88,14 @@ CREATE TABLE IF NOT EXISTS states (
 
 
 _SAVE_STATE = "INSERT OR REPLACE INTO states VALUES (?, ?, ?)"
+
+
+def _lay_out(db: sqlite3.Connection) -> None:
+    """Create the tables and record the layout version, where missing."""
+    db.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
+    db.execute(
+        "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+    )
 
 
 class NodeStatus(enum.IntEnum):
@@ -197,37 +208,78 @@ class Store:
     ) -> None:
         self.directory = Path(directory)
         self.path = self.directory / DATABASE
-        made = create and not readonly and not self.directory.exists()
+        # True once this call put a new store in place: a failure then
+        # removes it, never a store a racing process made meanwhile.
+        made = False
         try:
-            if made:
-                self._make_directory()
+            if (
+                create
+                and not readonly
+                # an empty one: left by an older alma_dag killed after mkdir
+                and (not self.directory.exists() or _is_empty(self.directory))
+            ):
+                made = self._create()
             elif not self.path.exists():
                 raise StoreError(f"{self.directory}: no alma_dag store here")
             check_private(self.directory)
             if self.path.exists():
                 check_private(self.path)
             self._db = self._connect(readonly)
-            if not readonly:
+            if not readonly:  # also completes a creation killed midway
                 self._initialize()
             self._check_version()
         except BaseException:
+            if getattr(self, "_db", None) is not None:
+                self._db.close()
             if made:
                 _remove_tree(self.directory)
             raise
         # _lock guards _db: the dispatcher thread writes, others may read.
         self._lock = threading.Lock()
 
-    def _make_directory(self) -> None:
+    def _create(self) -> bool:
+        """Make the run directory whole or not at all, so no reader (a
+        status, another process's load) finds a store half made, and no
+        crash leaves one: the database is laid out in a private temporary
+        directory beside it, which is then renamed into place. Returns
+        False when another process put its store there first."""
+        parent = self.directory.parent
         try:
-            self.directory.mkdir(parents=True, mode=0o700)
-            os.chmod(self.directory, 0o700)  # whatever the umask
+            parent.mkdir(parents=True, exist_ok=True)
+            temp = Path(tempfile.mkdtemp(prefix=f".{self.directory.name}-", dir=parent))
         except OSError as exc:
             raise StoreError(
                 f"{self.directory}: cannot create the store: {exc}"
             ) from exc
+        try:
+            os.chmod(temp, 0o700)  # whatever the umask
+            db = sqlite3.connect(temp / DATABASE, isolation_level=None)
+            try:
+                os.chmod(temp / DATABASE, 0o600)
+                db.execute("PRAGMA journal_mode=WAL")
+                _lay_out(db)
+            finally:
+                db.close()  # the last connection: the WAL is folded in
+            try:
+                os.rename(temp, self.directory)  # replaces an empty one
+            except OSError:
+                if not (self.directory / DATABASE).exists():
+                    raise
+                _remove_tree(temp)
+                return False
+            _fsync_directory(parent)
+            return True
+        except BaseException as exc:
+            _remove_tree(temp)
+            if isinstance(exc, (OSError, sqlite3.Error)):
+                raise StoreError(
+                    f"{self.directory}: cannot create the store: {exc}"
+                ) from exc
+            raise
 
     def _connect(self, readonly: bool) -> sqlite3.Connection:
         uri = f"{self.path.resolve().as_uri()}?mode={'ro' if readonly else 'rwc'}"
+        db = None
         try:
             db = sqlite3.connect(
                 uri,
@@ -241,6 +293,8 @@ class Store:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.Error as exc:
+            if db is not None:
+                db.close()
             raise StoreError(
                 f"{self.path}: not a readable alma_dag store ({exc}); "
                 "reset the experiment to start afresh"
@@ -251,11 +305,7 @@ class Store:
 
     def _initialize(self) -> None:
         try:
-            self._db.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+            _lay_out(self._db)
         except sqlite3.Error as exc:
             raise StoreError(
                 f"{self.path}: cannot initialize the store: {exc}"
@@ -414,8 +464,7 @@ class Store:
 
     # -- the run lock --------------------------------------------------------
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
         """Hold the run directory's lock; refuse if another holds it.
 
         A lock left by a dead process is free: the operating system
@@ -426,43 +475,16 @@ class Store:
         LockedError
             Another dispatcher, in this process or another, holds it.
         """
-        lock = filelock.FileLock(
-            self.directory / "lock", is_singleton=False, thread_local=False
-        )
-        try:
-            lock.acquire(timeout=0)
-        except filelock.Timeout:
-            holder = self.holder() or {}
-            pid, host = holder.get("pid"), holder.get("host")
-            raise LockedError(
-                f"{self.directory}: already being run by process {pid} on host "
-                f"{host}; stop it first, or wait for it to end",
-                pid=pid,
-                host=host,
-            ) from None
-        owner = self.directory / "owner.json"
-        try:
-            owner.write_text(
-                json.dumps(
-                    {
-                        "pid": os.getpid(),
-                        "host": socket.gethostname(),
-                        "since": time.time(),
-                    }
-                )
-            )
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                owner.unlink()
-            lock.release()
+        return run_lock(self.directory)
 
     def holder(self) -> dict[str, Any] | None:
-        """Who holds the run lock (pid, host, since), if anyone says so."""
-        try:
-            return json.loads((self.directory / "owner.json").read_text())
-        except (OSError, ValueError):
-            return None
+        """Who holds the run lock (pid, host, since), if anyone says so.
+
+        None also when the record names a process of this host that is
+        gone: a process killed (or a machine rebooted) mid-run leaves its
+        record behind, but not its lock.
+        """
+        return lock_holder(self.directory)
 
     def close(self) -> None:
         """Close the database connection."""
@@ -479,6 +501,94 @@ class Store:
         return f"<Store {self.directory}>"
 
 
+# -- the run lock: needs the directory, not the database ------------------------
+# (so reset() can remove a store too damaged to open)
+
+
+@contextlib.contextmanager
+def run_lock(directory: str | os.PathLike) -> Iterator[None]:
+    """Hold the lock of run directory ``directory``, as ``Store.locked``
+    does, without opening its database.
+
+    Raises
+    ------
+    LockedError
+        Another dispatcher, in this process or another, holds it.
+    """
+    directory = Path(directory)
+    lock = filelock.FileLock(directory / "lock", is_singleton=False, thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        holder = lock_holder(directory) or {}
+        pid, host = holder.get("pid"), holder.get("host")
+        raise LockedError(
+            f"{directory}: already being run by process {pid} on host "
+            f"{host}; stop it first, or wait for it to end",
+            pid=pid,
+            host=host,
+        ) from None
+    owner = directory / "owner.json"
+    try:
+        owner.write_text(
+            json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+            )
+        )
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            owner.unlink()
+        lock.release()
+
+
+def lock_holder(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """Who holds the lock of run directory ``directory`` (pid, host, since),
+    as ``Store.holder`` tells."""
+    try:
+        holder = json.loads((Path(directory) / "owner.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(holder, dict):
+        return None
+    if holder.get("host") == socket.gethostname() and not _is_alive(
+        holder.get("pid"), holder.get("since")
+    ):
+        return None
+    return holder
+
+
+def _is_alive(pid: Any, since: Any) -> bool:
+    """Whether process ``pid`` of this host exists and began before
+    ``since`` (a later one reuses the pid of a dead holder)."""
+    import psutil  # only status needs it: keep `import alma_dag` fast
+
+    try:
+        began = psutil.Process(int(pid)).create_time()
+    except (psutil.Error, TypeError, ValueError):
+        return False
+    # create_time() is rounded; a second of slack keeps the holder alive.
+    return not isinstance(since, (int, float)) or began <= since + 1.0
+
+
+def _is_empty(directory: Path) -> bool:
+    try:
+        return not any(directory.iterdir())
+    except OSError:  # not a directory
+        return False
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` survive a crash of the machine."""
+    if sys.platform == "win32":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _remove_tree(directory: Path) -> None:
     for child in sorted(directory.rglob("*"), reverse=True):
         with contextlib.suppress(OSError):
@@ -489,27 +599,41 @@ def _remove_tree(directory: Path) -> None:
 
 # -- saving state from a worker process ----------------------------------------
 
-# _writers_lock guards _writers: per-process connections used by save().
+# _writers_lock guards _writers: per-process connections used by save(),
+# by path, each with the (device, inode) of the file it opened.
 _writers_lock = threading.Lock()
-_writers: dict[str, sqlite3.Connection] = {}
+_writers: dict[str, tuple[tuple[int, int], sqlite3.Connection]] = {}
 
 
 def _writer(database: str) -> sqlite3.Connection:
+    # Invariant: a cached connection is to the file now at ``database``. A
+    # reset removes the store and the next run makes a new one at the same
+    # path; a connection kept from before would read and write the removed
+    # file, handing that run the states of the forgotten one.
+    try:
+        info = os.stat(database)
+    except OSError as exc:
+        raise StoreError(f"{database}: cannot open the store: {exc}") from exc
+    identity = (info.st_dev, info.st_ino)
     with _writers_lock:
-        db = _writers.get(database)
-        if db is None:
-            try:
-                db = sqlite3.connect(
-                    database,
-                    timeout=BUSY_TIMEOUT,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
-                db.execute("PRAGMA synchronous=FULL")
-            except sqlite3.Error as exc:
-                message = f"{database}: cannot open the store: {exc}"
-                raise StoreError(message) from exc
-            _writers[database] = db
+        cached = _writers.get(database)
+        if cached is not None:
+            if cached[0] == identity:
+                return cached[1]
+            del _writers[database]
+            cached[1].close()
+        try:
+            db = sqlite3.connect(
+                database,
+                timeout=BUSY_TIMEOUT,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as exc:
+            message = f"{database}: cannot open the store: {exc}"
+            raise StoreError(message) from exc
+        _writers[database] = (identity, db)
         return db
 
 

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import WAIT
 
 from alma_dag.cli import main
-from conftest import WAIT
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart"
 
