@@ -865,12 +865,13 @@ class Dispatcher:
             return
         if self.store is not None:
             attempts, timings = self._ledger.attempts, self.timings
+            results, untimed = self._results, (None, None)
             self.store.record(
                 NodeRecord(
                     node,
-                    self._results[node],
+                    results[node],
                     attempts.get(node, 0),
-                    *timings.get(node, (None, None)),
+                    *timings.get(node, untimed),
                 )
                 for node in finished
             )

@@ -480,6 +480,13 @@ class ExperimentRun(Dispatcher):
         self.experiment = experiment
         self._prior = prior
 
+    def _prepare(self) -> None:
+        # The store is written only under the run lock, which is held now.
+        self.store.set_meta("experiment", str(self.experiment.path))
+        if DONE_NODE in self.graph and DONE_NODE not in self._results:
+            self.store.forget([DONE_NODE])  # runs were added since it ran
+        super()._prepare()
+
     def progress(self) -> Progress:
         progress = super().progress()
         return dataclasses.replace(
@@ -551,12 +558,10 @@ def load(
         experiment = dataclasses.replace(experiment, workers=workers)
     module = _load_module(experiment)
     store = Store(experiment.run_dir)
-    store.set_meta("experiment", str(experiment.path))
     done = store.done_ids()
     graph = compile_graph(experiment, module, done, store.durations(), str(store.path))
-    if DONE_NODE in graph and DONE_NODE in done:
-        store.forget([DONE_NODE])  # new runs since: done() runs again after them
-        done.discard(DONE_NODE)
+    if DONE_NODE in graph:
+        done.discard(DONE_NODE)  # new runs since: done() runs again after them
     every = set(experiment.node_ids())
     if module.done is not None:
         every.add(DONE_NODE)

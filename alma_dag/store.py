@@ -40,9 +40,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cloudpickle
 import filelock
@@ -78,7 +77,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     error TEXT,
     started REAL,
     finished REAL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS states (
     id TEXT PRIMARY KEY,
     state TEXT NOT NULL,
@@ -117,9 +116,9 @@ class LockedError(StoreError):
         self.host = host
 
 
-@dataclass(frozen=True, slots=True)
-class NodeRecord:
-    """One finished node, as the dispatcher hands it to the store."""
+class NodeRecord(NamedTuple):
+    """One finished node, as the dispatcher hands it to the store (a named
+    tuple: the dispatcher makes one per finished node)."""
 
     #: The node id.
     id: str
@@ -127,8 +126,9 @@ class NodeRecord:
     result: Any
     #: Attempts made, this one included.
     attempts: int = 1
-    #: Wall-clock start and finish, or None when the task did not run.
+    #: Wall-clock start, or None when the task did not run.
     started: float | None = None
+    #: Wall-clock finish, or None when the task did not run.
     finished: float | None = None
 
 
@@ -338,23 +338,13 @@ class Store:
             The transaction failed (for example, the disk is full); nothing
             of it is recorded.
         """
-        rows = []
-        for rec in records:
-            if isinstance(rec.result, Err):
-                status, error = NodeStatus.FAILED, _first_line(rec.result)
-            else:
-                status, error = NodeStatus.DONE, None
-            rows.append(
-                (
-                    rec.id,
-                    int(status),
-                    rec.attempts,
-                    _dump(rec.result),
-                    error,
-                    rec.started,
-                    rec.finished,
-                )
-            )
+        done, failed = int(NodeStatus.DONE), int(NodeStatus.FAILED)
+        rows = [
+            (node, failed, attempts, _dump(result), _first_line(result), start, end)
+            if isinstance(result, Err)
+            else (node, done, attempts, _dump(result), None, start, end)
+            for node, result, attempts, start, end in records
+        ]
         self._write("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     def forget(self, nodes: Iterable[str]) -> None:
