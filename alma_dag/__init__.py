@@ -41,6 +41,7 @@ from .graph import (
     resolve,
     to_dot,
 )
+from .mapping import map_sweep
 from .plan import (
     Plan,
     PlannedTask,
@@ -51,6 +52,7 @@ from .plan import (
 )
 from .store import LockedError, NodeStatus, Store
 from .sweep import HashableDict, geom, igeom, sweep, sweep_stats
+from .sweeper import ParamSweeper
 from .tasklists import (
     Position,
     TaskLists,
@@ -78,6 +80,7 @@ __all__ = [
     "LockedError",
     "NodeStatus",
     "OutputCapture",
+    "ParamSweeper",
     "Plan",
     "PlannedTask",
     "Position",
@@ -103,6 +106,7 @@ __all__ = [
     "heft",
     "igeom",
     "logger",
+    "map_sweep",
     "plan_from_lanes",
     "prefix",
     "redirect_outputs",

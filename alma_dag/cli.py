@@ -5,6 +5,7 @@
     alma-dag run EXPERIMENT [--workers N] [--backend NAME]
     alma-dag status EXPERIMENT
     alma-dag reset EXPERIMENT
+    alma-dag sweeper status DIRECTORY
 
 ``run`` shows a progress bar; Ctrl-C stops the run cleanly (running calls
 are aborted, everything finished is kept) and a later ``run`` continues.
@@ -28,6 +29,11 @@ from . import __version__
 from .dispatch import RunState
 from .errors import AlmaDagError
 from .experiment import ExperimentRun, load, reset, status
+from .sweep import sweep_stats
+from .sweeper import ParamSweeper
+
+#: A sweeper's states, in the order they are shown.
+STATES = ("done", "inprogress", "skipped", "remaining")
 
 __all__ = ["main"]
 
@@ -57,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("experiment", help="the .experiment file")
     forget = commands.add_parser("reset", help="forget an experiment's checkpoints")
     forget.add_argument("experiment", help="the .experiment file")
+    sweeper = commands.add_parser("sweeper", help="look into a ParamSweeper")
+    sweeper_commands = sweeper.add_subparsers(dest="sweeper_command", required=True)
+    sweeper_status = sweeper_commands.add_parser(
+        "status", help="totals, and counts per factor and level"
+    )
+    sweeper_status.add_argument("directory", help="the sweeper's persistence_dir")
     return parser
 
 
@@ -68,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(options)
         if options.command == "status":
             return _status(options.experiment)
+        if options.command == "sweeper":
+            return _sweeper_status(options.directory)
         return _reset(options.experiment)
     except AlmaDagError as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
@@ -156,6 +170,22 @@ def _status(path: str) -> int:
         )
     for node, error in sorted(info.failures.items()):
         print(f"  failed {node}: {error}")
+    return 0
+
+
+def _sweeper_status(directory: str) -> int:
+    with ParamSweeper(directory) as sweeper:
+        stats = sweeper.stats()
+    counts = ", ".join(f"{len(stats[state])} {state}" for state in STATES)
+    print(f"{directory}: {len(stats['total'])} combinations: {counts}")
+    table = sweep_stats(stats)
+    for factor, levels in table["total"].items():
+        print(f"  {factor}:")
+        for level, count in levels.items():
+            cells = ", ".join(
+                f"{table[state][factor][level]} {state}" for state in STATES
+            )
+            print(f"    {level!r}: {count} combinations: {cells}")
     return 0
 
 

@@ -144,8 +144,13 @@ def _first_line(err: Err) -> str:
     return text.splitlines()[0] if text else err.err_type.__name__
 
 
-def check_private(path: Path) -> None:
-    """Refuse ``path`` if another user owns it or group/others may write it.
+#: Why a store must be private, in the messages refusing one.
+PICKLES = "results are pickles, and loading a pickle can run code"
+
+
+def check_private(path: Path, why: str = PICKLES) -> None:
+    """Refuse ``path`` if another user owns it or group/others may write it;
+    ``why`` ends the message.
 
     Raises
     ------
@@ -158,14 +163,13 @@ def check_private(path: Path) -> None:
     info = path.stat()
     if info.st_uid != os.getuid():
         raise StoreError(
-            f"{path}: refusing a store owned by another user (uid {info.st_uid}); "
-            "results are pickles, and loading a pickle can run code"
+            f"{path}: refusing a store owned by another user (uid {info.st_uid}); {why}"
         )
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise StoreError(
             f"{path}: refusing a store that group or others may write "
-            f"(mode {stat.filemode(info.st_mode)}); results are pickles, and "
-            f"loading a pickle can run code. If it is yours: chmod go-w {path}"
+            f"(mode {stat.filemode(info.st_mode)}); {why}. If it is yours: "
+            f"chmod go-w {path}"
         )
 
 

@@ -106,3 +106,26 @@ def test_status_of_a_fresh_experiment(quickstart, capsys):
     assert main(["status", str(quickstart)]) == 0
     assert "0 done, 0 failed, 20 to run" in capsys.readouterr().out
     assert not os.path.exists(quickstart.with_name("example.alma"))
+
+
+def test_sweeper_status(tmp_path, capsys):
+    import alma_dag as ad
+    from alma_dag.sweeper import ParamSweeper
+
+    directory = tmp_path / "sw"
+    with ParamSweeper(
+        directory, ad.sweep({"a": [1, 2], "b": ["x", "y", "z"]}), save_sweeps=True
+    ) as sweeper:
+        sweeper.done(sweeper.get_next())
+        sweeper.skip(sweeper.get_next())
+        held = sweeper.get_next()
+        assert main(["sweeper", "status", str(directory)]) == 0
+        sweeper.cancel(held)
+    out = capsys.readouterr().out
+    assert "6 combinations: 1 done, 1 inprogress, 0 skipped, 4 remaining" in out
+    assert "  a:\n    1: 3 combinations: 1 done, 1 inprogress" in out
+
+
+def test_sweeper_status_of_nothing(tmp_path, capsys):
+    assert main(["sweeper", "status", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.startswith("StoreError: ")
