@@ -403,6 +403,10 @@ class Dispatcher:
         omitted. Later ``start`` calls re-plan what is unfinished.
     callbacks : iterable of Callbacks, optional
         Progress hooks.
+    scheduler : BaseScheduler, optional
+        Admission control: before a task is handed out, the scheduler's
+        ``launchable(pending, running, results)`` must admit it (see
+        ``alma_dag.schedulers``); tasks then run one per batch.
     store : Store, optional
         Where finished nodes are recorded. Nodes it records done are not
         run again, and each batch of finished nodes is committed before
@@ -436,6 +440,7 @@ class Dispatcher:
         plan: Plan | None = None,
         callbacks: Iterable[Callbacks] = (),
         store: Store | None = None,
+        scheduler: Any = None,
     ) -> None:
         if not isinstance(graph, TaskGraph):
             raise DefinitionError(
@@ -465,6 +470,12 @@ class Dispatcher:
         self.workers = workers
         #: The checkpoint store, or None.
         self.store = store
+        #: The admission scheduler (see ``alma_dag.schedulers``), or None.
+        self.scheduler = scheduler
+        if scheduler is not None:
+            validate = getattr(scheduler, "validate", None)
+            for node in graph if validate is not None else ():
+                validate(self.instructions(node))
         self._run_lock = contextlib.ExitStack()
         self._backend = get_backend(backend)
         self._next_plan = plan
@@ -739,7 +750,11 @@ class Dispatcher:
             ledger = self._ledger
             if ledger.suspects and self._has_suspect_ready(ledger):
                 started = self._claim_suspect(ledger)
-            elif not any(flight.isolated for flight in self._inflight.values()):
+            elif any(flight.isolated for flight in self._inflight.values()):
+                pass  # a suspect runs alone
+            elif self.scheduler is not None:
+                started = self._claim_admitted(ledger)
+            else:
                 started = self._claim_lanes(ledger)
             if not started and not self._inflight and not is_complete(ledger):
                 heads = [lane_head(ledger, i) for i in range(len(ledger.lanes))]
@@ -767,6 +782,35 @@ class Dispatcher:
                     self._submit(lane, nodes, isolated=False)
                     started += nodes
         return started
+
+    def _claim_admitted(self, ledger: Ledger) -> list[Hashable]:
+        """With a scheduler: the ready next task of each idle lane is a
+        candidate, in plan order; the scheduler admits some of them given
+        the tasks in flight, and each admitted task runs alone."""
+        heads = []
+        for lane in range(len(ledger.lanes)):
+            node = None if ledger.inflight[lane] else lane_head(ledger, lane)
+            if node is not None and is_ready(ledger, node):
+                heads.append((self.plan.entries[node].start, lane, node))
+        if not heads:
+            return []
+        heads.sort(key=lambda head: head[:2])
+        pending = [self.instructions(node) for _, _, node in heads]
+        running = [self.instructions(node) for node in ledger.running]
+        launchable, _ = self.scheduler.launchable(pending, running, self._results)
+        admitted = {id(instructions) for instructions in launchable}
+        started: list[Hashable] = []
+        for (_, lane, _node), instructions in zip(heads, pending, strict=True):
+            if id(instructions) in admitted:
+                nodes = claim_batch(ledger, lane, self._estimate, alone=True)
+                self._submit(lane, nodes, isolated=False)
+                started += nodes
+        return started
+
+    def instructions(self, node: Hashable) -> dict[str, Any]:
+        """What a scheduler sees of a task: its ``name`` (the node id) and
+        its ``memory`` hint in MiB."""
+        return {"name": node, "memory": self.graph.task(node).memory}
 
     def _may_prefetch(self, ledger: Ledger, lane: int) -> bool:
         # A prefetched batch waits in the pool's queue: worth it for short
