@@ -50,6 +50,12 @@ from .plan import (
     plan_from_lanes,
     upward_ranks,
 )
+from .schedulers import (
+    BaseScheduler,
+    LaxistScheduler,
+    MaxMemoryScheduler,
+    MaxThreadsScheduler,
+)
 from .store import LockedError, NodeStatus, Store
 from .sweep import HashableDict, geom, igeom, sweep, sweep_stats
 from .sweeper import ParamSweeper
@@ -65,6 +71,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlmaDagError",
+    "BaseScheduler",
     "Callbacks",
     "CycleError",
     "DefinitionError",
@@ -77,7 +84,10 @@ __all__ = [
     "ExperimentRun",
     "HashableDict",
     "InvalidStateError",
+    "LaxistScheduler",
     "LockedError",
+    "MaxMemoryScheduler",
+    "MaxThreadsScheduler",
     "NodeStatus",
     "OutputCapture",
     "ParamSweeper",

@@ -7,6 +7,9 @@ In: ``example.experiment``, a JSON object::
      "iterations": 100,           calls of run() per instance (>= 0)
      "batch": "example.batch",    the batch file, relative to this file
      "parameters": {...},         optional: a sweep (see alma_dag.sweep)
+     "memory": 512,               optional: MiB each run declares (>= 0)
+     "scheduler": {"name": "max_memory", "max_memory_percentage": 0.5},
+                                  optional: admission control, see below
      "name": "example"}           optional: defaults to the file's stem
 
 and ``example.batch``, ``{"instances": ["file1", ...]}``, whose relative
@@ -26,6 +29,14 @@ Out: a ``ExperimentRun`` (a ``Dispatcher``) over one node per (instance,
 same definition compiles to the same ids, and adding instances or
 iterations later runs only the new nodes (and ``done()`` again after them).
 
+With a ``scheduler``, a run starts only when the scheduler admits it (see
+``alma_dag.schedulers``): ``{"name": "laxist"}``, ``{"name": "max_threads",
+"max_threads": 2}`` or ``{"name": "max_memory", "max_memory_percentage":
+0.5, "total_system_memory": 4096}`` (MiB; this machine's memory when
+omitted), the other keys being the scheduler's arguments. ``memory`` is
+each run's ``Task.memory``, what ``max_memory`` counts; a run that could
+never fit the budget is refused with the file.
+
 Checkpoints live in ``<experiment folder>/<experiment stem>.alma/``. Every
 file and field is checked before anything is written; a bad one raises
 ``ExperimentError`` naming the file and the field.
@@ -38,6 +49,7 @@ import hashlib
 import importlib.util
 import inspect
 import json
+import math
 import os
 import shutil
 import sys
@@ -52,6 +64,12 @@ from .backends import Backend
 from .dispatch import Callbacks, Dispatcher, Progress
 from .errors import DefinitionError
 from .graph import TaskGraph
+from .schedulers import (
+    BaseScheduler,
+    LaxistScheduler,
+    MaxMemoryScheduler,
+    MaxThreadsScheduler,
+)
 from .store import Store, load_state, run_lock, save_state
 from .sweep import sweep
 
@@ -69,7 +87,26 @@ __all__ = [
 #: The node id of the call to ``done()``; run node ids always end in "#n".
 DONE_NODE = "done()"
 
-_FIELDS = {"load", "workers", "iterations", "batch", "parameters", "name"}
+_FIELDS = {
+    "load",
+    "workers",
+    "iterations",
+    "batch",
+    "parameters",
+    "memory",
+    "scheduler",
+    "name",
+}
+
+#: The schedulers an experiment file may name, with their arguments.
+_SCHEDULERS: dict[str, tuple[type[BaseScheduler], tuple[str, ...]]] = {
+    "laxist": (LaxistScheduler, ()),
+    "max_threads": (MaxThreadsScheduler, ("max_threads",)),
+    "max_memory": (
+        MaxMemoryScheduler,
+        ("max_memory_percentage", "total_system_memory"),
+    ),
+}
 
 
 class ExperimentError(DefinitionError):
@@ -97,6 +134,10 @@ class Experiment:
     instances: tuple[str, ...]
     #: Parameter combinations, or None when the experiment has none.
     combinations: tuple[dict, ...] | None
+    #: Memory each run declares, in MiB (``Task.memory`` of its node).
+    memory: float = 0.0
+    #: The admission scheduler, or None to start runs as workers free up.
+    scheduler: BaseScheduler | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -197,6 +238,19 @@ def read_experiment(path: str | os.PathLike) -> Experiment:
     combinations = None
     if "parameters" in data:
         combinations = _combinations(data["parameters"], path)
+    memory = 0.0
+    if "memory" in data:
+        memory = _field(
+            data,
+            "memory",
+            path,
+            (int, float),
+            _is_finite_non_negative,
+            "a non-negative number (MiB per run)",
+        )
+    scheduler = None
+    if "scheduler" in data:
+        scheduler = _scheduler(data["scheduler"], path)
     if not batch.is_file():
         raise ExperimentError(
             f"batch file {str(batch)!r} not found; field 'batch' names it, "
@@ -204,7 +258,7 @@ def read_experiment(path: str | os.PathLike) -> Experiment:
             path=str(path),
             field="batch",
         )
-    return Experiment(
+    experiment = Experiment(
         path,
         name,
         module,
@@ -213,7 +267,65 @@ def read_experiment(path: str | os.PathLike) -> Experiment:
         iterations,
         _instances(batch),
         combinations,
+        memory,
+        scheduler,
     )
+    _check_admission(experiment)
+    return experiment
+
+
+def _is_finite_non_negative(value: float) -> bool:
+    try:
+        return math.isfinite(value) and value >= 0
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _scheduler(spec: Any, path: Path) -> BaseScheduler:
+    """The scheduler a ``scheduler`` field describes."""
+    names = ", ".join(repr(n) for n in sorted(_SCHEDULERS))
+    name = spec.get("name") if isinstance(spec, dict) else None
+    if not isinstance(name, str) or name not in _SCHEDULERS:
+        got = f"name {name!r}" if isinstance(spec, dict) else repr(spec)
+        raise ExperimentError(
+            'field \'scheduler\' must be an object such as {"name": "max_threads", '
+            f'"max_threads": 2}} whose name is one of {names}, got {got}',
+            path=str(path),
+            field="scheduler",
+        )
+    cls, arguments = _SCHEDULERS[name]
+    unknown = sorted(set(spec) - {"name", *arguments})
+    if unknown:
+        known = ", ".join(repr(a) for a in arguments) or "none"
+        raise ExperimentError(
+            f"field 'scheduler': {name!r} takes no argument {unknown[0]!r}; "
+            f"its arguments are {known}",
+            path=str(path),
+            field="scheduler",
+        )
+    try:
+        return cls(**{a: spec[a] for a in arguments if a in spec})
+    except DefinitionError as exc:
+        raise ExperimentError(
+            f"field 'scheduler': {exc}", path=str(path), field="scheduler"
+        ) from None
+
+
+def _check_admission(experiment: Experiment) -> None:
+    """Refuse runs that the scheduler could never start."""
+    if experiment.scheduler is None or not (
+        experiment.instances and experiment.iterations
+    ):
+        return
+    combination = (experiment.combinations or [None])[0]
+    # Every run declares the same memory: checking the first checks them all.
+    first = node_id(experiment.instances[0], combination, 0)
+    try:
+        experiment.scheduler.validate({"name": first, "memory": experiment.memory})
+    except DefinitionError as exc:
+        raise ExperimentError(
+            f"field 'memory': {exc}", path=str(experiment.path), field="memory"
+        ) from None
 
 
 def _combinations(parameters: Any, path: Path) -> tuple[dict, ...]:
@@ -434,7 +546,13 @@ def compile_graph(
                     combo,
                     folder,
                 )
-                graph.add(node, call_run, args, cost=costs(instance))
+                graph.add(
+                    node,
+                    call_run,
+                    args,
+                    cost=costs(instance),
+                    memory=experiment.memory,
+                )
     if module.done is not None and (len(graph) or DONE_NODE not in done):
         graph.add(
             DONE_NODE,
@@ -574,6 +692,7 @@ def load(
         workers=experiment.workers,
         backend=backend,
         callbacks=callbacks,
+        scheduler=experiment.scheduler,
     )
 
 

@@ -371,6 +371,65 @@ def max_overlap(folder: Path) -> int:
     return most
 
 
+# (the scheduler field, the memory field, most runs at once on 2 workers)
+ADMISSION = {
+    "max_threads 1": ({"name": "max_threads", "max_threads": 1}, None, 1),
+    "max_memory": (
+        {
+            "name": "max_memory",
+            "max_memory_percentage": 0.5,
+            "total_system_memory": 1000,
+        },
+        300,
+        1,
+    ),
+    "max_memory, exact budget": (
+        {
+            "name": "max_memory",
+            "max_memory_percentage": 0.5,
+            "total_system_memory": 1000,
+        },
+        250,
+        2,
+    ),
+    "laxist": ({"name": "laxist"}, 10, 2),
+}
+
+
+@pytest.mark.parametrize("case", ADMISSION)
+def test_scheduler_and_memory_fields_bound_concurrency(tmp_path, case):
+    """The file's scheduler admits the runs, counting their memory: 300 MiB
+    runs on a 500 MiB budget run one at a time, 250 MiB ones two at once."""
+    scheduler, memory, most = ADMISSION[case]
+    fields = {"scheduler": scheduler}
+    if memory is not None:
+        fields["memory"] = memory
+    path = write_experiment(tmp_path, TIMED, instances=tuple("abcd"), **fields)
+    run = load(path)
+    assert (
+        type(run.scheduler).__name__
+        == {
+            "max_threads": "MaxThreadsScheduler",
+            "max_memory": "MaxMemoryScheduler",
+            "laxist": "LaxistScheduler",
+        }[scheduler["name"]]
+    )
+    assert run.experiment.scheduler is run.scheduler
+    assert run.experiment.memory == (memory or 0)
+    assert {run.graph.task(n).memory for n in run.graph} == {memory or 0}
+    run_to_end(run)
+    assert run.state is RunState.FINISHED
+    assert len(logged(tmp_path)) == 8
+    assert 1 <= max_overlap(tmp_path) <= most
+
+
+def test_without_scheduler_runs_declare_no_memory(tmp_path):
+    run = load(write_experiment(tmp_path))
+    assert run.scheduler is None
+    assert (run.experiment.memory, run.experiment.scheduler) == (0.0, None)
+    assert {run.graph.task(n).memory for n in run.graph} == {0.0}
+
+
 @pytest.mark.parametrize("override", [None, 1])
 def test_workers_bound_concurrency(tmp_path, override):
     instances = tuple("abcdef")
@@ -546,6 +605,63 @@ BAD_INPUTS = {
         "exp.experiment",
         "parameters",
         [],
+    ),
+    "memory < 0": (_fields(memory=-1), "exp.experiment", "memory", ["got -1"]),
+    "memory a string": (
+        _fields(memory="512"),
+        "exp.experiment",
+        "memory",
+        ["non-negative number", "got '512'"],
+    ),
+    "memory a bool": (_fields(memory=True), "exp.experiment", "memory", []),
+    "scheduler not an object": (
+        _fields(scheduler="max_threads"),
+        "exp.experiment",
+        "scheduler",
+        ["'laxist', 'max_memory', 'max_threads'", "got 'max_threads'"],
+    ),
+    "scheduler without name": (
+        _fields(scheduler={"max_threads": 2}),
+        "exp.experiment",
+        "scheduler",
+        ["got name None"],
+    ),
+    "scheduler unknown": (
+        _fields(scheduler={"name": "fastest"}),
+        "exp.experiment",
+        "scheduler",
+        ["got name 'fastest'"],
+    ),
+    "scheduler unknown argument": (
+        _fields(scheduler={"name": "max_threads", "threads": 2}),
+        "exp.experiment",
+        "scheduler",
+        ["'threads'", "its arguments are 'max_threads'"],
+    ),
+    "scheduler max_threads 0": (
+        _fields(scheduler={"name": "max_threads", "max_threads": 0}),
+        "exp.experiment",
+        "scheduler",
+        ["max_threads must be a positive integer, got 0"],
+    ),
+    "scheduler percentage > 1": (
+        _fields(scheduler={"name": "max_memory", "max_memory_percentage": 2}),
+        "exp.experiment",
+        "scheduler",
+        ["max_memory_percentage", "got 2"],
+    ),
+    "memory over the budget": (
+        _fields(
+            memory=600,
+            scheduler={
+                "name": "max_memory",
+                "max_memory_percentage": 0.5,
+                "total_system_memory": 1000,
+            },
+        ),
+        "exp.experiment",
+        "memory",
+        ["'a#0'", "memory 600 MiB", "budget of 500 MiB"],
     ),
     "batch JSON": (
         _batch_text('{"instances": [\n"a" "b"]}'),
