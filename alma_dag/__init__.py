@@ -66,12 +66,15 @@ from .tasklists import (
     execute_task_lists,
     run,
 )
+from .workers import Boss, BossState, Worker, batch_main, hire_worker, run_as_server
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AlmaDagError",
     "BaseScheduler",
+    "Boss",
+    "BossState",
     "Callbacks",
     "CycleError",
     "DefinitionError",
@@ -105,7 +108,9 @@ __all__ = [
     "TaskGraph",
     "TaskLists",
     "TaskTimeoutError",
+    "Worker",
     "WorkerDied",
+    "batch_main",
     "copy_outputs",
     "critical_path_length",
     "earliest_finish_time",
@@ -114,6 +119,7 @@ __all__ = [
     "extract",
     "geom",
     "heft",
+    "hire_worker",
     "igeom",
     "logger",
     "map_sweep",
@@ -123,6 +129,7 @@ __all__ = [
     "remove_duplicates",
     "resolve",
     "run",
+    "run_as_server",
     "slugify",
     "sweep",
     "sweep_stats",
