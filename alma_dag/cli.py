@@ -4,8 +4,15 @@
 
     alma-dag run EXPERIMENT [--workers N] [--backend NAME]
     alma-dag status EXPERIMENT
+    alma-dag plan EXPERIMENT [--workers N] [--gantt PLAN.png]
+    alma-dag report EXPERIMENT --gantt RUN.png
     alma-dag reset EXPERIMENT
     alma-dag sweeper status DIRECTORY
+
+``plan`` plans what is left with HEFT and prints its makespan, lower
+bound and lanes; ``report`` draws the recorded runs from the store (lanes
+are not recorded: they are re-derived by interval partitioning). Both
+write a PNG with ``--gantt`` (matplotlib needed).
 
 ``run`` shows a progress bar; Ctrl-C stops the run cleanly (running calls
 are aborted, everything finished is kept) and a later ``run`` continues.
@@ -28,7 +35,16 @@ from tqdm import tqdm
 from . import __version__
 from .dispatch import RunState
 from .errors import AlmaDagError
-from .experiment import ExperimentRun, load, reset, status
+from .experiment import (
+    ExperimentError,
+    ExperimentRun,
+    load,
+    read_experiment,
+    reset,
+    status,
+)
+from .plan import heft
+from .store import Store
 from .sweep import sweep_stats
 from .sweeper import ParamSweeper
 
@@ -61,6 +77,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     show = commands.add_parser("status", help="show an experiment's progress")
     show.add_argument("experiment", help="the .experiment file")
+    plan = commands.add_parser("plan", help="plan what is left of an experiment")
+    plan.add_argument("experiment", help="the .experiment file")
+    plan.add_argument("--workers", type=int, help="override the file's workers")
+    plan.add_argument("--gantt", metavar="PNG", help="save the plan's Gantt chart")
+    report = commands.add_parser("report", help="draw the recorded runs")
+    report.add_argument("experiment", help="the .experiment file")
+    report.add_argument(
+        "--gantt", metavar="PNG", required=True, help="save the runs' Gantt chart"
+    )
     forget = commands.add_parser("reset", help="forget an experiment's checkpoints")
     forget.add_argument("experiment", help="the .experiment file")
     sweeper = commands.add_parser("sweeper", help="look into a ParamSweeper")
@@ -80,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(options)
         if options.command == "status":
             return _status(options.experiment)
+        if options.command == "plan":
+            return _plan(options)
+        if options.command == "report":
+            return _report(options.experiment, options.gantt)
         if options.command == "sweeper":
             return _sweeper_status(options.directory)
         return _reset(options.experiment)
@@ -170,6 +199,51 @@ def _status(path: str) -> int:
         )
     for node, error in sorted(info.failures.items()):
         print(f"  failed {node}: {error}")
+    return 0
+
+
+def _plan(options: argparse.Namespace) -> int:
+    run = load(options.experiment, workers=options.workers, backend="inline")
+    try:
+        plan = heft(run.graph, run.workers)
+    finally:
+        run.store.close()
+    print(
+        f"{run.experiment.name}: {len(plan)} tasks on {plan.n_processes} lanes: "
+        f"makespan {plan.makespan:g}, lower bound {plan.lower_bound:g}"
+    )
+    for lane, nodes in enumerate(plan.lanes):
+        shown = ", ".join(map(str, nodes[:5])) + (", ..." if len(nodes) > 5 else "")
+        print(f"  lane {lane}: {len(nodes)} tasks: {shown}")
+    if options.gantt:
+        plan.gantt(title=f"{run.experiment.name}: plan").savefig(options.gantt)
+        print(f"  Gantt chart saved to {options.gantt}")
+    return 0
+
+
+def _report(path: str, gantt: str) -> int:
+    # Here, not at the top: viz needs numpy and matplotlib, which only the
+    # drawing commands require.
+    from .viz import _timings_gantt
+
+    experiment = read_experiment(path)
+    if not (experiment.run_dir / "store.sqlite").exists():
+        raise ExperimentError(
+            "nothing recorded yet; `alma-dag run` it first",
+            path=str(experiment.path),
+        )
+    with Store(experiment.run_dir, readonly=True) as store:
+        timings = store.timings()
+        # Nodes never started (their dependency failed) have no bar to mark.
+        failed = [node for node in store.failures() if node in timings]
+    figure = _timings_gantt(
+        timings, failed, title=f"{experiment.name}: {len(timings)} recorded tasks"
+    )
+    figure.savefig(gantt)
+    print(
+        f"{experiment.name}: {len(timings)} recorded tasks, {len(failed)} failed; "
+        f"Gantt chart saved to {gantt}"
+    )
     return 0
 
 

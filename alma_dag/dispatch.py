@@ -673,6 +673,21 @@ class Dispatcher:
         rate = measured / planned if planned else 0.0
         return remaining * rate / self.workers
 
+    def gantt(self, **kwargs: Any) -> Any:
+        """Draw the plan above what ran; returns a matplotlib ``Figure``.
+
+        Keywords go to ``alma_dag.viz.run_gantt``; needs matplotlib
+        (``pip install 'alma_dag[plots]'``).
+        """
+        from .viz import run_gantt
+
+        return run_gantt(self, **kwargs)
+
+    def _repr_html_(self) -> str:
+        from .display import dispatcher_html  # display imports this module
+
+        return dispatcher_html(self)
+
     def __repr__(self) -> str:
         done = f"{len(self._results)}/{len(self.graph)}"
         return f"<Dispatcher {self._state.value}: {done} tasks>"

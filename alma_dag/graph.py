@@ -502,6 +502,13 @@ class TaskGraph:
             out[node] = (task.function, args, task.cost)
         return out
 
+    def draw(self, **kwargs: Any) -> Any:
+        """Draw the graph layered by topological generation; returns a
+        matplotlib ``Figure``. Keywords go to ``alma_dag.viz.draw_graph``."""
+        from .viz import draw_graph
+
+        return draw_graph(self, **kwargs)
+
     def __contains__(self, node: object) -> bool:
         try:
             return node in self._tasks

@@ -16,8 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from .backends import Backend
 from .dispatch import Callbacks, Dispatcher
 from .errors import DefinitionError, Err
@@ -30,7 +28,7 @@ __all__ = ["map_sweep"]
 class _Marker(Callbacks):
     """Marks each combination in the sweeper as its task finishes."""
 
-    def __init__(self, sweeper: ParamSweeper, chunk: dict[str, Any], bar: tqdm):
+    def __init__(self, sweeper: ParamSweeper, chunk: dict[str, Any], bar: Any):
         self.sweeper, self.chunk, self.bar = sweeper, chunk, bar
         self.marked: set[str] = set()
 
@@ -88,6 +86,8 @@ def map_sweep(
             raise DefinitionError(
                 f"{name} must be a positive integer, got {value!r}", field=name
             )
+    from tqdm.auto import tqdm  # a widget in Jupyter, a bar in a terminal
+
     size = chunk or 16 * workers
     results: dict[Any, Any] = {}
     with tqdm(

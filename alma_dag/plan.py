@@ -53,6 +53,7 @@ from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from operator import sub
+from typing import Any
 
 import networkx as nx
 
@@ -136,8 +137,20 @@ class Plan:
         except KeyError:
             raise KeyError(f"task {node!r} is not in the plan") from None
 
+    def gantt(self, **kwargs: Any) -> Any:
+        """Draw the lanes as a Gantt chart; returns a matplotlib ``Figure``.
+        Keywords go to ``alma_dag.viz.plan_gantt``."""
+        from .viz import plan_gantt
+
+        return plan_gantt(self, **kwargs)
+
     def __len__(self) -> int:
         return len(self.entries)
+
+    def _repr_html_(self) -> str:
+        from .display import plan_html  # display imports this module
+
+        return plan_html(self)
 
     def __repr__(self) -> str:
         return (

@@ -446,6 +446,15 @@ class Store:
         )
         return dict(rows)
 
+    def timings(self) -> dict[str, tuple[float, float]]:
+        """``(started, finished)`` wall-clock seconds of each node recorded
+        with times, done or failed."""
+        rows = self._read(
+            "SELECT id, started, finished FROM nodes "
+            "WHERE started IS NOT NULL AND finished IS NOT NULL"
+        )
+        return {node: (started, finished) for node, started, finished in rows}
+
     def state(self, node: str) -> str:
         """The last state ``node`` saved, or "" if it saved none."""
         rows = self._read("SELECT state FROM states WHERE id = ?", (node,))

@@ -129,3 +129,34 @@ def test_sweeper_status(tmp_path, capsys):
 def test_sweeper_status_of_nothing(tmp_path, capsys):
     assert main(["sweeper", "status", str(tmp_path / "none")]) == 2
     assert capsys.readouterr().err.startswith("StoreError: ")
+
+
+def test_plan_prints_and_saves_gantt(quickstart, tmp_path, capsys):
+    from matplotlib.image import imread
+
+    png = tmp_path / "plan.png"
+    assert main(["plan", str(quickstart), "--workers", "3", "--gantt", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "21 tasks on 3 lanes: makespan" in out and "lower bound" in out
+    assert "  lane 2: " in out
+    assert imread(png).shape[2] == 4
+
+
+def test_report_draws_recorded_runs(quickstart, tmp_path, capsys):
+    from matplotlib.image import imread
+
+    png = tmp_path / "run.png"
+    assert main(["report", str(quickstart), "--gantt", str(png)]) == 2
+    assert "nothing recorded yet" in capsys.readouterr().err
+    module = quickstart.with_name("example.py")
+    module.write_text(
+        module.read_text() + "\n\n_run = run\n\n\ndef run(instance, save, state):\n"
+        "    if 'gamma' in instance:\n        raise ValueError('bad file')\n"
+        "    return _run(instance, save, state)\n"
+    )
+    assert main(["run", str(quickstart), "--quiet", "--backend", "inline"]) == 1
+    capsys.readouterr()
+    assert main(["report", str(quickstart), "--gantt", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "20 recorded tasks, 5 failed" in out
+    assert imread(png).shape[2] == 4
