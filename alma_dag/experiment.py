@@ -656,7 +656,9 @@ def load(
     workers : int, optional
         Overrides the file's ``workers``.
     backend : str or Backend
-        ``"loky"`` (default) or ``"inline"``.
+        ``"loky"`` (default), ``"inline"``, ``"dask"`` or a ``Backend`` such
+        as a ``DaskBackend`` on a ``distributed.Client`` (its workers must
+        share this machine's disk: ``save()`` writes the store directly).
     callbacks : iterable of Callbacks
         Progress hooks.
 

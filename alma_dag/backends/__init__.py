@@ -1,10 +1,14 @@
 """Backends: where batches of tasks run.
 
 ``inline`` runs them in the dispatcher's thread, ``loky`` (the default) on
-loky's reusable process pool. ``get_backend`` turns a name into a backend.
+loky's reusable process pool, ``dask`` on a ``distributed`` cluster (an
+optional dependency). ``get_backend`` turns a name -- or a
+``distributed.Client`` -- into a backend.
 """
 
 from __future__ import annotations
+
+import sys
 
 from ..errors import DefinitionError
 from .base import Backend, Batch, Outcome, execute_batch
@@ -12,19 +16,23 @@ from .base import Backend, Batch, Outcome, execute_batch
 __all__ = ["Backend", "Batch", "Outcome", "execute_batch", "get_backend"]
 
 #: Backend names accepted by ``backend=...``.
-BACKENDS = ("loky", "inline")
+BACKENDS = ("loky", "inline", "dask")
 
 
-def get_backend(backend: str | Backend) -> Backend:
-    """The backend named ``backend``, or ``backend`` itself if it is one.
+def get_backend(backend: object) -> Backend:
+    """The backend named ``backend``, or ``backend`` itself if it is one; a
+    ``distributed.Client`` gives a ``DaskBackend`` using it.
 
     Raises
     ------
     DefinitionError
-        The name is not one of ``BACKENDS``.
+        The name is not one of ``BACKENDS``, or it is ``"dask"`` and
+        ``distributed`` is not installed.
     """
     if isinstance(backend, Backend):
         return backend
+    if backend == "dask" or _is_dask_client(backend):
+        return _dask_backend(None if backend == "dask" else backend)
     if backend == "loky":
         from .loky import LokyBackend
 
@@ -38,3 +46,20 @@ def get_backend(backend: str | Backend) -> Backend:
         "or pass a Backend instance",
         field="backend",
     )
+
+
+def _is_dask_client(backend: object) -> bool:
+    distributed = sys.modules.get("distributed")  # a client means it is loaded
+    return distributed is not None and isinstance(backend, distributed.Client)
+
+
+def _dask_backend(client: object) -> Backend:
+    try:
+        from .dask import DaskBackend
+    except ImportError as exc:
+        raise DefinitionError(
+            f"backend 'dask' needs the distributed package ({exc}); "
+            "install it with: pip install 'alma_dag[dask]'",
+            field="backend",
+        ) from exc
+    return DaskBackend(client)

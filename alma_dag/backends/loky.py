@@ -14,6 +14,7 @@ is reported with ``WorkerDied``, and the next submit gets a fresh pool.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import io
 import mmap
 import os
 import pickle
@@ -45,7 +46,13 @@ from ..errors import (
 )
 from .base import Backend, Batch, Outcome, TaskOutcome, as_calls, execute_calls
 
-__all__ = ["LokyBackend", "map_pool_error", "shutdown_pool"]
+__all__ = [
+    "LokyBackend",
+    "map_pool_error",
+    "payload_outcome",
+    "run_payload",
+    "shutdown_pool",
+]
 
 #: Seconds an idle worker waits for work before loky lets it exit; long
 #: enough that consecutive runs of a session reuse warm workers.
@@ -223,16 +230,33 @@ def shutdown_pool(kill_workers: bool = False) -> None:
         pool.executor.shutdown(wait=True, kill_workers=kill_workers)
 
 
+class _Pickler(cloudpickle.CloudPickler):
+    """Pickles exceptions by their own ``__reduce_ex__``, past the
+    ``copyreg`` entries tblib installs in dask workers (which lose
+    ``SystemExit.code``)."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, BaseException):
+            return obj.__reduce_ex__(cloudpickle.DEFAULT_PROTOCOL)
+        return super().reducer_override(obj)
+
+
+def _dumps(obj: object) -> bytes:
+    with io.BytesIO() as file:
+        _Pickler(file, protocol=cloudpickle.DEFAULT_PROTOCOL).dump(obj)
+        return file.getvalue()
+
+
 def _dump_outcomes(calls: Sequence[tuple], outcomes: list[TaskOutcome]) -> bytes:
     try:
-        return cloudpickle.dumps(outcomes)
+        return _dumps(outcomes)
     except BaseException:
         pass
     portable = []
     for call, (result, start, finish) in zip(calls, outcomes, strict=True):
         node = call[0]
         try:
-            cloudpickle.dumps(result)
+            _dumps(result)
         except BaseException as exc:
             message = (
                 f"task {node!r} returned a {type(result).__qualname__} that "
@@ -240,7 +264,7 @@ def _dump_outcomes(calls: Sequence[tuple], outcomes: list[TaskOutcome]) -> bytes
             )
             result = Err(SerializationError(message, task=node))
         portable.append((result, start, finish))
-    return cloudpickle.dumps(portable)
+    return _dumps(portable)
 
 
 def run_payload(payload: bytes, slot: int = -1) -> tuple[bool, bytes | str]:
@@ -253,6 +277,19 @@ def run_payload(payload: bytes, slot: int = -1) -> tuple[bool, bytes | str]:
     except BaseException as exc:
         return False, f"the batch could not be unpickled: {type(exc).__name__}: {exc}"
     return True, _dump_outcomes(calls, execute_calls(calls, inputs))
+
+
+def payload_outcome(batch_id: int, ok: bool, data: bytes | str) -> Outcome:
+    """The ``Outcome`` of what ``run_payload`` returned for a batch."""
+    if not ok:
+        return Outcome(batch_id, error=SerializationError(data))
+    try:
+        return Outcome(batch_id, cloudpickle.loads(data))
+    except BaseException as exc:
+        error = SerializationError(
+            f"batch results could not be unpickled: {type(exc).__name__}: {exc}"
+        )
+        return Outcome(batch_id, error=error)
 
 
 class LokyBackend(Backend):
@@ -311,18 +348,7 @@ class LokyBackend(Backend):
         except BaseException as exc:
             self._report(Outcome(batch_id, error=map_pool_error(exc)))
             return
-        if not ok:
-            self._report(Outcome(batch_id, error=SerializationError(data)))
-            return
-        try:
-            outcomes = cloudpickle.loads(data)
-        except BaseException as exc:
-            error = SerializationError(
-                f"batch results could not be unpickled: {type(exc).__name__}: {exc}"
-            )
-            self._report(Outcome(batch_id, error=error))
-            return
-        self._report(Outcome(batch_id, outcomes))
+        self._report(payload_outcome(batch_id, ok, data))
 
     def kill(self) -> None:
         pool, self._pool = self._pool, None

@@ -1,0 +1,297 @@
+"""The ``dask`` backend: batches run on a ``distributed`` cluster.
+
+::
+
+    dispatcher thread                 scheduler            dask workers
+    submit(Batch) ── cloudpickle ──► client.submit ──────► run_dask_payload
+                                                            │ log_event(started)
+    started(batch) ◄─ subscribe_topic ◄─────────────────────┘ run_payload
+    report(Outcome) ◄─ done callback ◄── (ok, pickled outcomes)
+
+- **Where it runs.** ``DaskBackend(client)`` uses a ``distributed.Client``
+  you made; ``DaskBackend("tls://host:8786", security=...)`` connects to a
+  scheduler (``security``, a ``distributed.Security``, goes to the client,
+  so TLS works) and closes that client in ``close()``; ``DaskBackend()``
+  starts a ``LocalCluster`` on loopback, one single-threaded worker process
+  per worker the run asks for, and closes it in ``close()``.
+- **What travels.** Each batch is one cloudpickle payload, run on the
+  worker by ``loky``'s ``run_payload`` -- the same code the ``loky``
+  backend runs, so results, ``Err`` s and unpicklable results behave alike.
+  Each submission has a unique key and ``pure=False``: dask never merges
+  two batches or reuses an old result.
+- **Failures** of the cluster are mapped in one place, ``map_dask_error``:
+  a worker that died (``KilledWorker``) gives ``WorkerDied``, a cancelled
+  future ``TaskCancelled``, a lost connection ``WorkerDied``. The
+  dispatcher isolates and re-runs suspects itself, so a cluster this
+  backend starts lets no task be retried (``allowed-failures`` 0); on your
+  own cluster set ``distributed.scheduler.allowed-failures`` to 0 to see a
+  task that kills its worker fail at once rather than kill up to four.
+- **Timeouts.** A batch with a timeout tells the client when it really
+  begins on a worker (a worker event on a topic only this backend
+  subscribes to); ``started()`` gives the time the client heard of it, so
+  clocks of remote hosts need not agree.
+- **kill()** cancels every future in flight. A running task cannot be
+  interrupted in dask, so the workers are also restarted when
+  ``restart_on_kill`` (the default for a cluster the backend started).
+  On your own client they are not: the killed tasks run on to their end,
+  unobserved, and their results are dropped; nothing more is reported for
+  killed batches (the dispatcher runs them again).
+
+State saved with ``save()`` by experiment runs goes to the store's SQLite
+file directly, so with this backend the workers must share the
+dispatcher's disk (a ``LocalCluster`` or a shared file system).
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import time
+import uuid
+from functools import partial
+from typing import Any
+
+import cloudpickle
+import dask
+import distributed
+from distributed.client import FutureCancelledError, FuturesCancelledError
+from distributed.comm.core import CommClosedError
+from distributed.core import RPCClosed
+from distributed.scheduler import KilledWorker
+
+from ..errors import (
+    DefinitionError,
+    SerializationError,
+    TaskCancelled,
+    TaskFailure,
+    WorkerDied,
+)
+from .base import Backend, Batch, Outcome, as_calls
+from .loky import payload_outcome, run_payload
+
+__all__ = ["DaskBackend", "map_dask_error", "run_dask_payload"]
+
+# (distributed or builtin error, alma_dag error, what it means); the first
+# matching row wins, so subclasses come before their bases.
+_DASK_ERRORS: tuple[tuple[type[BaseException], type[TaskFailure], str], ...] = (
+    (KilledWorker, WorkerDied, "its worker process died"),
+    (FutureCancelledError, TaskCancelled, "its future was cancelled"),
+    (FuturesCancelledError, TaskCancelled, "its future was cancelled"),
+    (distributed.CancelledError, TaskCancelled, "it was cancelled"),
+    (distributed.client.ClosedClientError, TaskCancelled, "the client was closed"),
+    (TimeoutError, WorkerDied, "the cluster did not answer in time"),
+    (CommClosedError, WorkerDied, "the connection to the cluster was lost"),
+    (RPCClosed, WorkerDied, "the connection to the cluster was lost"),
+    (OSError, WorkerDied, "the connection to the cluster failed"),
+    (pickle.PicklingError, SerializationError, "it could not be pickled"),
+    (pickle.UnpicklingError, SerializationError, "it could not be unpickled"),
+    (ImportError, SerializationError, "the worker could not import its code"),
+)
+
+
+def map_dask_error(exc: BaseException) -> TaskFailure:
+    """The alma_dag error for a failure of the cluster to run a batch.
+
+    Examples
+    --------
+    >>> from distributed.comm.core import CommClosedError
+    >>> type(map_dask_error(CommClosedError("lost"))).__name__
+    'WorkerDied'
+    """
+    ours, meaning = next(
+        ((o, m) for foreign, o, m in _DASK_ERRORS if isinstance(exc, foreign)),
+        (WorkerDied, "the cluster failed to run it"),
+    )
+    error = ours(f"batch lost: {meaning} ({type(exc).__name__}: {exc})")
+    error.__cause__ = exc
+    if isinstance(error, TaskCancelled):
+        error.reason = meaning
+    return error
+
+
+def run_dask_payload(
+    payload: bytes, topic: str | None, batch_id: int
+) -> tuple[bool, bytes | str]:
+    """Worker side: tell ``topic`` (if any) that ``batch_id`` began, then
+    run the batch as ``run_payload`` does."""
+    if topic is not None:
+        try:
+            distributed.get_worker().log_event(topic, batch_id)
+        except ValueError:  # not on a dask worker (called directly)
+            pass
+    return run_payload(payload)
+
+
+class DaskBackend(Backend):
+    """Run batches on a ``distributed`` cluster.
+
+    Parameters
+    ----------
+    address_or_client : str or distributed.Client, optional
+        A client to use, or a scheduler's address to connect to; None
+        starts a ``LocalCluster`` on loopback when the backend is opened.
+    security : distributed.Security, optional
+        TLS settings for the connection (or the local cluster).
+    restart_on_kill : bool, optional
+        Whether ``kill()`` restarts the cluster's workers to stop running
+        tasks; by default only for a cluster the backend started.
+    **client_options
+        Passed to ``distributed.Client`` when the backend makes one.
+
+    Raises
+    ------
+    DefinitionError
+        ``address_or_client`` is neither a string nor a ``Client``.
+
+    Examples
+    --------
+    >>> backend = DaskBackend("tcp://127.0.0.1:8786", timeout="2s")
+    >>> backend.name
+    'dask'
+    """
+
+    name = "dask"
+
+    def __init__(
+        self,
+        address_or_client: str | distributed.Client | None = None,
+        *,
+        security: Any = None,
+        restart_on_kill: bool | None = None,
+        **client_options: Any,
+    ) -> None:
+        given = address_or_client
+        if given is not None and not isinstance(given, str | distributed.Client):
+            raise DefinitionError(
+                "backend 'dask' takes a scheduler address or a distributed.Client, "
+                f"got {type(given).__name__}: {given!r}",
+                field="backend",
+            )
+        self._given = given
+        self._security = security
+        self._client_options = client_options
+        self._restart_on_kill = (
+            given is None if restart_on_kill is None else restart_on_kill
+        )
+        self._client: distributed.Client | None = (
+            given if isinstance(given, distributed.Client) else None
+        )
+        self._cluster: distributed.LocalCluster | None = None
+        self._topic: str | None = None
+        # _lock guards _futures (batch id -> future in flight) and _began
+        # (batch id -> time.time() its start was heard of).
+        self._lock = threading.Lock()
+        self._futures: dict[int, distributed.Future] = {}
+        self._began: dict[int, float] = {}
+
+    @property
+    def client(self) -> distributed.Client | None:
+        """The client batches go through (None until opened, when the
+        backend makes its own)."""
+        return self._client
+
+    def open(self, n_workers, report) -> None:
+        super().open(n_workers, report)
+        with self._lock:
+            self._futures.clear()
+            self._began.clear()
+        if self._client is None:
+            self._client = self._connect(n_workers)
+        self._topic = f"alma_dag-started-{uuid.uuid4().hex}"
+        self._client.subscribe_topic(self._topic, self._on_started)
+
+    def _connect(self, n_workers: int) -> distributed.Client:
+        options = {"set_as_default": False, **self._client_options}
+        if self._security is not None:
+            options["security"] = self._security
+        if isinstance(self._given, str):
+            return distributed.Client(self._given, **options)
+        # The dispatcher isolates and re-runs suspects itself.
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            self._cluster = distributed.LocalCluster(
+                n_workers=n_workers,
+                processes=True,
+                threads_per_worker=1,
+                dashboard_address=None,
+                host="127.0.0.1",
+                security=self._security,
+            )
+        return distributed.Client(self._cluster, **options)
+
+    def _on_started(self, event: tuple[float, Any]) -> None:
+        _, batch_id = event
+        with self._lock:
+            if batch_id in self._futures:
+                self._began[batch_id] = time.time()
+
+    def submit(self, batch: Batch) -> None:
+        try:
+            payload = cloudpickle.dumps((as_calls(batch.items), batch.inputs))
+        except BaseException as exc:
+            error = SerializationError(
+                f"batch could not be pickled: {type(exc).__name__}: {exc}"
+            )
+            self._report(Outcome(batch.id, error=error))
+            return
+        topic = self._topic if batch.timeout is not None else None
+        key = f"alma_dag-batch-{batch.id}-{uuid.uuid4().hex}"
+        try:
+            future = self._client.submit(
+                run_dask_payload, payload, topic, batch.id, pure=False, key=key
+            )
+        except Exception as exc:
+            self._report(Outcome(batch.id, error=map_dask_error(exc)))
+            return
+        with self._lock:
+            self._futures[batch.id] = future
+        future.add_done_callback(partial(self._done, batch.id))
+
+    def started(self, batch_id: int) -> float | None:
+        with self._lock:
+            return self._began.get(batch_id)
+
+    def _done(self, batch_id: int, future: distributed.Future) -> None:
+        with self._lock:
+            if self._futures.get(batch_id) is not future:
+                return  # killed or closed: the dispatcher forgot it
+            del self._futures[batch_id]
+            self._began.pop(batch_id, None)
+        try:
+            ok, data = future.result()
+        except BaseException as exc:
+            self._report(Outcome(batch_id, error=map_dask_error(exc)))
+            return
+        self._report(payload_outcome(batch_id, ok, data))
+
+    def _forget_inflight(self) -> list[distributed.Future]:
+        with self._lock:
+            futures = list(self._futures.values())
+            self._futures.clear()
+            self._began.clear()
+        return futures
+
+    def kill(self) -> None:
+        futures = self._forget_inflight()
+        if not futures or self._client is None:
+            return
+        self._client.cancel(futures, force=True)
+        if self._restart_on_kill:
+            self._client.restart()
+
+    def close(self) -> None:
+        futures = self._forget_inflight()
+        client = self._client
+        if client is None:
+            return
+        if futures:
+            client.cancel(futures, force=True)
+        if self._topic is not None:
+            client.unsubscribe_topic(self._topic)
+            self._topic = None
+        if self._given is client:
+            return  # the user's client stays open
+        self._client = None
+        client.close()
+        if self._cluster is not None:
+            cluster, self._cluster = self._cluster, None
+            cluster.close()

@@ -1,0 +1,219 @@
+"""The dask backend: the backend contract on a local cluster, then runs
+through the dispatcher and the mapping of distributed's errors.
+
+One ``LocalCluster`` (two single-threaded worker processes, no task
+retried) serves the whole module; starting one takes seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+import cloudpickle  # noqa: E402
+import dask  # noqa: E402
+from conftest import WAIT  # noqa: E402
+from distributed.client import (  # noqa: E402
+    FutureCancelledError,
+    FuturesCancelledError,
+)
+from distributed.comm.core import CommClosedError  # noqa: E402
+from distributed.core import RPCClosed  # noqa: E402
+from distributed.scheduler import KilledWorker  # noqa: E402
+from test_backends import _BackendContract  # noqa: E402
+from test_experiment import (  # noqa: E402
+    run_to_end,
+    write_experiment,
+)
+
+import alma_dag as ad  # noqa: E402
+from alma_dag import Err, TaskGraph  # noqa: E402
+from alma_dag.backends import get_backend  # noqa: E402
+from alma_dag.backends.dask import DaskBackend, map_dask_error  # noqa: E402
+from alma_dag.experiment import load  # noqa: E402
+
+_shared: dict[str, distributed.Client] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def client():
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = distributed.LocalCluster(
+            n_workers=2,
+            processes=True,
+            threads_per_worker=1,
+            dashboard_address=None,
+            host="127.0.0.1",
+        )
+    client = distributed.Client(cluster, set_as_default=False)
+    _shared["client"] = client
+    yield client
+    _shared.clear()
+    client.close()
+    cluster.close()
+
+
+def _restarting_backend() -> DaskBackend:
+    return DaskBackend(_shared["client"], restart_on_kill=True)
+
+
+class TestDaskBackend(_BackendContract):
+    make_backend = staticmethod(_restarting_backend)
+    runs_in_background = True
+
+    def test_runs_in_another_process(self, harness):
+        g = TaskGraph()
+        g.add("pid", os.getpid)
+        assert harness.results(g, ["pid"])["pid"] != os.getpid()
+
+    def test_unpicklable_argument_loses_the_batch(self, harness):
+        import threading
+
+        g = TaskGraph()
+        g.add("locked", lambda lock: 1, (threading.Lock(),))
+        batch_id = harness.submit(g, ["locked"])
+        outcome = harness.wait(batch_id)[batch_id]
+        assert isinstance(outcome.error, ad.SerializationError)
+
+    def test_dead_worker_loses_that_batch_only(self, harness):
+        g = TaskGraph()
+        g.add("die", lambda: (time.sleep(0.2), os._exit(3)))
+        g.add("slow", lambda: (time.sleep(0.5), "ok")[1])
+        g.add("next", abs, (-1,))
+        died = harness.submit(g, ["die"])
+        slow = harness.submit(g, ["slow"])
+        outcomes = harness.wait(died, slow)
+        assert isinstance(outcomes[died].error, ad.WorkerDied)
+        assert isinstance(outcomes[died].error.__cause__, KilledWorker)
+        assert outcomes[slow].error is None
+        assert outcomes[slow].results[0][0] == "ok"
+        assert harness.results(g, ["next"]) == {"next": 1}
+
+    def test_started_is_heard_for_batches_with_a_timeout(self, harness):
+        g = TaskGraph()
+        g.add("a", time.sleep, (0.3,), timeout=WAIT)
+        before = time.time()
+        batch_id = harness.submit(g, ["a"], timeout=WAIT)
+        deadline = time.monotonic() + WAIT
+        while harness.backend.started(batch_id) is None:
+            assert time.monotonic() < deadline, "start never heard of"
+            time.sleep(0.01)
+        assert before <= harness.backend.started(batch_id) <= time.time()
+        harness.wait(batch_id)
+        assert harness.backend.started(batch_id) is None
+
+
+def test_get_backend_accepts_a_client(client):
+    backend = get_backend(client)
+    assert isinstance(backend, DaskBackend) and backend.client is client
+    assert isinstance(get_backend("dask"), DaskBackend)
+
+
+def test_missing_distributed_is_a_definition_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "alma_dag.backends.dask", None)
+    with pytest.raises(ad.DefinitionError, match=r"pip install 'alma_dag\[dask\]'"):
+        get_backend("dask")
+
+
+def test_bad_argument_is_a_definition_error():
+    with pytest.raises(ad.DefinitionError, match="distributed.Client"):
+        DaskBackend(42)
+
+
+def test_graph_through_the_dispatcher(client):
+    def fail():
+        raise ValueError("bad")
+
+    g = TaskGraph()
+    a = g.add("a", lambda: 2)
+    b = g.add("b", lambda x: x * 10, (a,))
+    c = g.add("c", lambda x: x + 1, (a,))
+    g.add("d", lambda x, y: x + y, (b, c))
+    g.add("pid", os.getpid)
+    broken = g.add("broken", fail)
+    g.add("after_broken", lambda x: x, (broken,))
+    run = ad.Dispatcher(g, workers=2, backend=client).start()
+    assert run.wait(WAIT)
+    results = run.results
+    assert (results["a"], results["b"], results["c"], results["d"]) == (2, 20, 3, 23)
+    assert results["pid"] != os.getpid()
+    assert isinstance(results["broken"], Err)
+    assert results["broken"].err_type is ValueError
+    assert isinstance(results["after_broken"].exception, ad.DependencyError)
+
+
+def test_timeout_through_the_dispatcher(client):
+    g = TaskGraph()
+    g.add("slow", time.sleep, (WAIT,), timeout=0.5)
+    g.add("fast", abs, (-1,))
+    run = ad.Dispatcher(g, workers=2, backend=_restarting_backend()).start()
+    assert run.wait(WAIT)
+    assert isinstance(run.results["slow"].exception, ad.TaskTimeoutError)
+    assert run.results["fast"] == 1
+
+
+def test_experiment_runs_to_the_end(tmp_path, client):
+    # Stopping and resuming on dask (restarting the workers under a run
+    # that has saved its state) is not covered yet: a restart there did not
+    # bring one worker back within its timeout.
+    path = write_experiment(tmp_path, instances=("a", "b"))
+    run = run_to_end(load(path, backend=DaskBackend(client)))
+    assert run.state is ad.RunState.FINISHED
+    assert run.progress().failed == 0
+
+
+# -- map_dask_error -----------------------------------------------------------
+
+#: An instance of each error distributed may fail a batch with, and what it
+#: must become.
+KNOWN_DASK_ERRORS = {
+    "KilledWorker": (
+        KilledWorker("k", SimpleNamespace(address="tcp://w"), 0),
+        ad.WorkerDied,
+    ),
+    "FutureCancelledError": (FutureCancelledError("k", "stop"), ad.TaskCancelled),
+    "FuturesCancelledError": (FuturesCancelledError([]), ad.TaskCancelled),
+    "CancelledError": (distributed.CancelledError("k"), ad.TaskCancelled),
+    "ClosedClientError": (distributed.client.ClosedClientError(), ad.TaskCancelled),
+    "CommClosedError": (CommClosedError("gone"), ad.WorkerDied),
+    "RPCClosed": (RPCClosed("gone"), ad.WorkerDied),
+    "TimeoutError": (distributed.TimeoutError("slow"), ad.WorkerDied),
+    "OSError": (OSError("net"), ad.WorkerDied),
+    "PicklingError": (
+        __import__("pickle").PicklingError("no"),
+        ad.SerializationError,
+    ),
+    "ModuleNotFoundError": (ModuleNotFoundError("alma_dag"), ad.SerializationError),
+}
+
+
+def _generic_meaning() -> str:
+    class Unknown(Exception):
+        pass
+
+    return str(map_dask_error(Unknown("zz"))).removesuffix(" (Unknown: zz)")
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_DASK_ERRORS))
+def test_every_known_dask_error_is_mapped(name):
+    exc, ours = KNOWN_DASK_ERRORS[name]
+    mapped = map_dask_error(exc)
+    assert type(mapped) is ours
+    assert mapped.__cause__ is exc
+    assert type(exc).__name__ in str(mapped)
+    assert not str(mapped).startswith(_generic_meaning()), f"{name} is not mapped"
+    if isinstance(mapped, ad.TaskCancelled):
+        assert mapped.reason and mapped.reason in str(mapped)
+    back = cloudpickle.loads(cloudpickle.dumps(mapped))
+    assert type(back) is type(mapped) and back.args == mapped.args
+
+
+def test_unknown_error_is_a_worker_death():
+    assert type(map_dask_error(LookupError("zz"))) is ad.WorkerDied
+    assert _generic_meaning().startswith("batch lost")
