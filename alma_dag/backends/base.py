@@ -23,7 +23,9 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import DependencyError, Err
+import cloudpickle
+
+from ..errors import DependencyError, Err, SerializationError
 from ..graph import Task, resolve
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "Call",
     "Outcome",
     "as_calls",
+    "dump_batch",
     "execute_batch",
     "execute_calls",
     "failed_dependency",
@@ -79,6 +82,23 @@ Call = tuple[Hashable, Callable, tuple, Mapping[str, Any], tuple]
 def as_calls(items: Sequence[tuple[Hashable, Task]]) -> list[Call]:
     """The ``Call`` tuples of ``(node id, Task)`` pairs."""
     return [(n, t.function, t.args, t.kwargs, t.dependencies) for n, t in items]
+
+
+def dump_batch(batch: Batch) -> bytes:
+    """What travels to a worker process: one cloudpickle payload per batch,
+    so a function or input shared by its tasks is pickled once.
+
+    Raises
+    ------
+    SerializationError
+        Something in the batch cannot be pickled.
+    """
+    try:
+        return cloudpickle.dumps((as_calls(batch.items), batch.inputs))
+    except BaseException as exc:
+        raise SerializationError(
+            f"batch could not be pickled: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def failed_dependency(

@@ -51,7 +51,6 @@ import uuid
 from functools import partial
 from typing import Any
 
-import cloudpickle
 import dask
 import distributed
 from distributed.client import FutureCancelledError, FuturesCancelledError
@@ -66,7 +65,7 @@ from ..errors import (
     TaskFailure,
     WorkerDied,
 )
-from .base import Backend, Batch, Outcome, as_calls
+from .base import Backend, Batch, Outcome, dump_batch
 from .loky import payload_outcome, run_payload
 
 __all__ = ["DaskBackend", "map_dask_error", "run_dask_payload"]
@@ -226,11 +225,8 @@ class DaskBackend(Backend):
 
     def submit(self, batch: Batch) -> None:
         try:
-            payload = cloudpickle.dumps((as_calls(batch.items), batch.inputs))
-        except BaseException as exc:
-            error = SerializationError(
-                f"batch could not be pickled: {type(exc).__name__}: {exc}"
-            )
+            payload = dump_batch(batch)
+        except SerializationError as error:
             self._report(Outcome(batch.id, error=error))
             return
         topic = self._topic if batch.timeout is not None else None

@@ -44,7 +44,7 @@ from ..errors import (
     TaskFailure,
     WorkerDied,
 )
-from .base import Backend, Batch, Outcome, TaskOutcome, as_calls, execute_calls
+from .base import Backend, Batch, Outcome, TaskOutcome, dump_batch, execute_calls
 
 __all__ = [
     "LokyBackend",
@@ -307,11 +307,8 @@ class LokyBackend(Backend):
 
     def submit(self, batch: Batch) -> None:
         try:
-            payload = cloudpickle.dumps((as_calls(batch.items), batch.inputs))
-        except BaseException as exc:
-            error = SerializationError(
-                f"batch could not be pickled: {type(exc).__name__}: {exc}"
-            )
+            payload = dump_batch(batch)
+        except SerializationError as error:
             self._report(Outcome(batch.id, error=error))
             return
         pool = shared_pool(self.n_workers)
