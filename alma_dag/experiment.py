@@ -179,6 +179,11 @@ def _read_json(path: Path, what: str) -> Any:
         raise ExperimentError(
             f"cannot read the {what}: {exc}", path=str(path)
         ) from None
+    except UnicodeDecodeError as exc:
+        raise ExperimentError(
+            f"the {what} is not UTF-8 text (byte {exc.start}); save it as UTF-8 JSON",
+            path=str(path),
+        ) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -186,6 +191,8 @@ def _read_json(path: Path, what: str) -> Any:
             f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
             path=str(path),
         ) from None
+    except ValueError as exc:  # an integer too long to convert
+        raise ExperimentError(f"malformed JSON: {exc}", path=str(path)) from None
 
 
 def _field(data: Mapping, name: str, path: Path, kind: type, check, wanted: str):
@@ -209,7 +216,10 @@ def read_experiment(path: str | os.PathLike) -> Experiment:
         A file is missing or malformed, or a field is missing or invalid;
         the message names the file and the field.
     """
-    path = Path(path).resolve()
+    try:
+        path = Path(path).resolve()
+    except (OSError, ValueError) as exc:  # a NUL byte, a symlink loop
+        raise ExperimentError(f"not a usable path: {exc}", path=str(path)) from None
     data = _read_json(path, "experiment file")
     if not isinstance(data, dict):
         raise ExperimentError("must hold a JSON object", path=str(path))
@@ -251,7 +261,11 @@ def read_experiment(path: str | os.PathLike) -> Experiment:
     scheduler = None
     if "scheduler" in data:
         scheduler = _scheduler(data["scheduler"], path)
-    if not batch.is_file():
+    try:
+        found = batch.is_file()
+    except OSError:  # a name too long for the file system
+        found = False
+    if not found:
         raise ExperimentError(
             f"batch file {str(batch)!r} not found; field 'batch' names it, "
             "relative to the experiment file",

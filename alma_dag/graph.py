@@ -84,6 +84,10 @@ class Dependency:
                 f"dependency on {self.task!r}: a node id must be hashable",
                 field="task",
             ) from None
+        if self.task is None:
+            raise DefinitionError(
+                "dependency on None: None cannot be a node id", field="task"
+            )
 
     def __getitem__(self, key: Any) -> Dependency:
         """A dependency on part of this one: ``dep["a"][0]``."""
@@ -383,6 +387,11 @@ class TaskGraph:
             ) from None
         if known:
             raise DefinitionError(f"task {node!r} is defined twice", field=str(node))
+        if node is None or None in task.after:
+            raise DefinitionError(
+                f"task {node!r}: None cannot be a node id (networkx refuses it)",
+                field="node",
+            )
         _check_task(node, task)
         self._tasks[node] = task
         self.nx.add_node(node)

@@ -569,6 +569,25 @@ def _memory_of(instructions: Mapping[str, Any]) -> float:
     return float(memory)
 
 
+def _instruction_mapping(value: Any, what: str) -> dict[str, Any]:
+    """``value`` (None: no instruction) as a dict with string keys."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise DefinitionError(
+            f"{what} must be a dict of instruction name -> value, got "
+            f"{type(value).__name__} {value!r}",
+            field=what,
+        )
+    for key in value:
+        if not isinstance(key, str):
+            raise DefinitionError(
+                f"{what}: instruction names must be strings, got {key!r}",
+                field=what,
+            )
+    return dict(value)
+
+
 def _combine(
     common: Mapping[str, Any], individual: Mapping[str, Sequence]
 ) -> list[dict[str, Any]]:
@@ -759,7 +778,11 @@ class Boss:
         InvalidStateError
             The Boss was ended, stopped or failed: it takes no more sets.
         """
-        sets = _combine(dict(common_instructions or {}), individual_instructions or {})
+        common = _instruction_mapping(common_instructions, "common_instructions")
+        individual = _instruction_mapping(
+            individual_instructions, "individual_instructions"
+        )
+        sets = _combine(common, individual)
         hired = self._hire_all(sets)
         with self._lock:
             self._check_open()
