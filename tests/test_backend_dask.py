@@ -28,7 +28,9 @@ from distributed.core import RPCClosed  # noqa: E402
 from distributed.scheduler import KilledWorker  # noqa: E402
 from test_backends import _BackendContract  # noqa: E402
 from test_experiment import (  # noqa: E402
+    logged,
     run_to_end,
+    wait_until,
     write_experiment,
 )
 
@@ -159,13 +161,66 @@ def test_timeout_through_the_dispatcher(client):
 
 
 def test_experiment_runs_to_the_end(tmp_path, client):
-    # Stopping and resuming on dask (restarting the workers under a run
-    # that has saved its state) is not covered yet: a restart there did not
-    # bring one worker back within its timeout.
     path = write_experiment(tmp_path, instances=("a", "b"))
     run = run_to_end(load(path, backend=DaskBackend(client)))
     assert run.state is ad.RunState.FINISHED
     assert run.progress().failed == 0
+
+
+# Saves, then works on for a while: a stop lands while some run is between
+# its save() and its end. A run started with a state returns it.
+SAVE_THEN_SLEEP = """
+def run(instance, save, state):
+    log("start", name(instance), state or "-", os.getpid())
+    if state:
+        return state
+    save("saved-" + name(instance))
+    log("saved", name(instance))
+    time.sleep(0.2)
+    return "fresh"
+"""
+
+
+@pytest.mark.skipif(
+    os.environ.get("CI") == "true",
+    reason="failed once in eight local runs (a restarted dask worker seemed not "
+    "to come back); kept out of CI until that is understood",
+)
+def test_experiment_stops_and_resumes_on_dask(tmp_path, client):
+    instances = tuple("abcdef")
+    path = write_experiment(
+        tmp_path, SAVE_THEN_SLEEP, instances=instances, iterations=3
+    )
+    run = load(path, backend=DaskBackend(client, restart_on_kill=True))
+    run.start()
+    try:
+        wait_until(lambda: ["saved"] in [w[:1] for w in logged(tmp_path)][3:], "saves")
+        began = time.monotonic()
+        assert run.stop(WAIT)
+        stopping = time.monotonic() - began
+    finally:
+        run.stop(WAIT)
+    assert run.state is ad.RunState.STOPPED
+    assert stopping < 15, f"stop() took {stopping:.1f} s"
+    assert run.progress().done < 18
+
+    resumed = run_to_end(load(path, backend=DaskBackend(client, restart_on_kill=True)))
+    assert resumed.state is ad.RunState.FINISHED
+    progress = resumed.progress()
+    assert (progress.total, progress.done, progress.failed) == (18, 18, 0)
+    store = resumed.store
+    nodes = [f"{i}#{n}" for i in instances for n in range(3)]
+    assert store.done_ids() == set(nodes)
+    # Every node recorded once; a node whose first call was stopped after
+    # its save() ran again with that state, and returned it.
+    results = {node: store.result(node) for node in nodes}
+    starts = [w[1:3] for w in logged(tmp_path) if w[0] == "start"]
+    restarted = [n for n, r in results.items() if r != "fresh"]
+    assert restarted, "no run was stopped after its save()"
+    for node in restarted:
+        assert results[node] == "saved-" + node.split("#")[0]
+    assert sum(1 for s in starts if s[1] != "-") == len(restarted)
+    assert len(starts) == 18 + len(restarted)
 
 
 # -- map_dask_error -----------------------------------------------------------

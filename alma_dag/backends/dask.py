@@ -32,7 +32,13 @@
   clocks of remote hosts need not agree.
 - **kill()** cancels every future in flight. A running task cannot be
   interrupted in dask, so the workers are also restarted when
-  ``restart_on_kill`` (the default for a cluster the backend started).
+  ``restart_on_kill`` (the default for a cluster the backend started):
+  their nannies end each worker process (killing it after a few seconds
+  if a task holds it) and start a new one. ``kill()`` does not wait for
+  the new workers to register -- a restart waiting for all of them made a
+  stop hang when one was slow to come back -- so a stop returns in
+  seconds, and the next batches simply wait for workers. Restarting needs
+  nannies (``LocalCluster(processes=True)`` or ``dask worker`` has them).
   On your own client they are not: the killed tasks run on to their end,
   unobserved, and their results are dropped; nothing more is reported for
   killed batches (the dispatcher runs them again).
@@ -44,6 +50,7 @@ dispatcher's disk (a ``LocalCluster`` or a shared file system).
 
 from __future__ import annotations
 
+import logging
 import pickle
 import threading
 import time
@@ -69,6 +76,15 @@ from .base import Backend, Batch, Outcome, dump_batch
 from .loky import payload_outcome, run_payload
 
 __all__ = ["DaskBackend", "map_dask_error", "run_dask_payload"]
+
+logger = logging.getLogger("alma_dag")
+
+#: Seconds ``kill()`` gives the nannies to end and restart the workers; a
+#: task that ignores the request to close is killed well before.
+RESTART_TIMEOUT = 20
+
+#: Seconds ``kill()`` then waits for the restarted workers to register.
+WORKERS_BACK_TIMEOUT = 10
 
 # (distributed or builtin error, alma_dag error, what it means); the first
 # matching row wins, so subclasses come before their bases.
@@ -271,8 +287,19 @@ class DaskBackend(Backend):
         if not futures or self._client is None:
             return
         self._client.cancel(futures, force=True)
-        if self._restart_on_kill:
-            self._client.restart()
+        if not self._restart_on_kill:
+            return
+        # Not client.restart()'s own wait for the workers: it lasts its
+        # whole timeout when one worker is slow to come back, and a stop
+        # would hang with it. Here the wait is short and bounded; a worker
+        # still missing then joins later, batches waiting for it meanwhile.
+        client = self._client
+        try:
+            expected = len(client.scheduler_info(n_workers=-1)["workers"])
+            client.restart(timeout=RESTART_TIMEOUT, wait_for_workers=False)
+            client.wait_for_workers(expected, timeout=WORKERS_BACK_TIMEOUT)
+        except Exception as exc:  # the killed tasks are forgotten anyway
+            logger.warning("alma_dag: restarting the dask workers: %r", exc)
 
     def close(self) -> None:
         futures = self._forget_inflight()
