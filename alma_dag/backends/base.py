@@ -25,7 +25,14 @@ from typing import Any
 
 import cloudpickle
 
-from ..errors import DependencyError, Err, SerializationError
+from ..errors import (
+    DependencyError,
+    Err,
+    SerializationError,
+    TaskCancelled,
+    TaskFailure,
+    WorkerDied,
+)
 from ..graph import Task, resolve
 
 __all__ = [
@@ -38,6 +45,7 @@ __all__ = [
     "execute_batch",
     "execute_calls",
     "failed_dependency",
+    "lost_batch_error",
 ]
 
 
@@ -99,6 +107,28 @@ def dump_batch(batch: Batch) -> bytes:
         raise SerializationError(
             f"batch could not be pickled: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+#: How a backend maps a foreign failure: rows of (foreign error type,
+#: alma_dag error type, what it means), the first match winning.
+ErrorTable = Sequence[tuple[type[BaseException], type[TaskFailure], str]]
+
+
+def lost_batch_error(
+    exc: BaseException, table: ErrorTable, otherwise: str
+) -> TaskFailure:
+    """The alma_dag error for ``exc``, a backend's failure to run a batch,
+    by the first row of ``table`` it matches (else ``WorkerDied`` with the
+    meaning ``otherwise``); the foreign error is its ``__cause__``."""
+    ours, meaning = next(
+        ((o, m) for foreign, o, m in table if isinstance(exc, foreign)),
+        (WorkerDied, otherwise),
+    )
+    error = ours(f"batch lost: {meaning} ({type(exc).__name__}: {exc})")
+    error.__cause__ = exc
+    if isinstance(error, TaskCancelled):
+        error.reason = meaning
+    return error
 
 
 def failed_dependency(

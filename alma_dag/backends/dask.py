@@ -72,7 +72,7 @@ from ..errors import (
     TaskFailure,
     WorkerDied,
 )
-from .base import Backend, Batch, Outcome, dump_batch
+from .base import Backend, Batch, Outcome, dump_batch, lost_batch_error
 from .loky import payload_outcome, run_payload
 
 __all__ = ["DaskBackend", "map_dask_error", "run_dask_payload"]
@@ -113,15 +113,7 @@ def map_dask_error(exc: BaseException) -> TaskFailure:
     >>> type(map_dask_error(CommClosedError("lost"))).__name__
     'WorkerDied'
     """
-    ours, meaning = next(
-        ((o, m) for foreign, o, m in _DASK_ERRORS if isinstance(exc, foreign)),
-        (WorkerDied, "the cluster failed to run it"),
-    )
-    error = ours(f"batch lost: {meaning} ({type(exc).__name__}: {exc})")
-    error.__cause__ = exc
-    if isinstance(error, TaskCancelled):
-        error.reason = meaning
-    return error
+    return lost_batch_error(exc, _DASK_ERRORS, "the cluster failed to run it")
 
 
 def run_dask_payload(

@@ -44,7 +44,15 @@ from ..errors import (
     TaskFailure,
     WorkerDied,
 )
-from .base import Backend, Batch, Outcome, TaskOutcome, dump_batch, execute_calls
+from .base import (
+    Backend,
+    Batch,
+    Outcome,
+    TaskOutcome,
+    dump_batch,
+    execute_calls,
+    lost_batch_error,
+)
 
 __all__ = [
     "LokyBackend",
@@ -73,14 +81,7 @@ _POOL_ERRORS: tuple[tuple[type[BaseException], type[TaskFailure], str], ...] = (
 
 def map_pool_error(exc: BaseException) -> TaskFailure:
     """The alma_dag error for a failure of the pool to run a batch."""
-    ours, meaning = next(
-        ((o, m) for foreign, o, m in _POOL_ERRORS if isinstance(exc, foreign)),
-        (WorkerDied, "the worker pool failed"),
-    )
-    error = ours(f"batch lost: {meaning} ({type(exc).__name__}: {exc})")
-    error.__cause__ = exc
-    if isinstance(error, TaskCancelled):
-        error.reason = meaning
+    error = lost_batch_error(exc, _POOL_ERRORS, "the worker pool failed")
     if isinstance(error, WorkerDied):
         error.exitcode = _exit_code(str(exc))
     return error
