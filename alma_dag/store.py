@@ -148,6 +148,18 @@ def _first_line(err: Err) -> str:
 PICKLES = "results are pickles, and loading a pickle can run code"
 
 
+def decode_text(data: bytes) -> str:
+    """How every connection reads TEXT: bytes that are not UTF-8 -- a
+    damaged file -- are a database error, which callers turn into a
+    ``StoreError``, instead of a raw ``UnicodeDecodeError``."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise sqlite3.DatabaseError(
+            f"damaged text: not UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from None
+
+
 def check_private(path: Path, why: str = PICKLES) -> None:
     """Refuse ``path`` if another user owns it or group/others may write it;
     ``why`` ends the message.
@@ -258,6 +270,7 @@ class Store:
         try:
             os.chmod(temp, 0o700)  # whatever the umask
             db = sqlite3.connect(temp / DATABASE, isolation_level=None)
+            db.text_factory = decode_text
             try:
                 os.chmod(temp / DATABASE, 0o600)
                 db.execute("PRAGMA journal_mode=WAL")
@@ -292,6 +305,7 @@ class Store:
                 check_same_thread=False,
                 isolation_level=None,
             )
+            db.text_factory = decode_text
             if not readonly:
                 db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
@@ -632,6 +646,7 @@ def _writer(database: str) -> sqlite3.Connection:
                 isolation_level=None,
                 check_same_thread=False,
             )
+            db.text_factory = decode_text
             db.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
             message = f"{database}: cannot open the store: {exc}"

@@ -125,7 +125,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidStateError, StoreError
-from .store import BUSY_TIMEOUT, check_private
+from .store import BUSY_TIMEOUT, check_private, decode_text
 from .sweep import HashableDict
 
 __all__ = ["ParamSweeper"]
@@ -1045,13 +1045,15 @@ def _open(
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(
+    db = sqlite3.connect(
         f"{path.resolve().as_uri()}?mode=rw",
         uri=True,
         timeout=BUSY_TIMEOUT,
         isolation_level=None,
         check_same_thread=False,
     )
+    db.text_factory = decode_text
+    return db
 
 
 def _create(path: Path, multi_host: bool) -> None:

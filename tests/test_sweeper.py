@@ -1109,3 +1109,33 @@ class TestDamage:
         (directory / DATABASE).mkdir(parents=True)
         with pytest.raises(StoreError, match="not a file"):
             ParamSweeper(directory, combinations(1))
+
+
+@pytest.mark.parametrize("table", ["log", "sweeps"])
+def test_text_that_is_not_utf8_is_a_store_error(tmp_path, table):
+    """Bytes overwritten inside a key (found by the fault matrix) gave a raw
+    UnicodeDecodeError; a damaged file is a StoreError."""
+    directory = tmp_path / "sw"
+    first = sweeper_module.ParamSweeper(
+        directory, sweep({"a": [1, 2, 3]}), save_sweeps=True
+    )
+    first.done(first.get_next())
+    first.close()
+    with sqlite3.connect(directory / "sweeper.sqlite") as db:
+        db.execute(f"UPDATE {table} SET key = CAST(x'ff80' AS TEXT)")
+    db.close()
+    with pytest.raises(StoreError, match="not UTF-8"):
+        sweeper_module.ParamSweeper(directory).get_done()
+
+
+def test_store_text_that_is_not_utf8_is_a_store_error(tmp_path):
+    from alma_dag.store import NodeRecord, Store
+
+    with Store(tmp_path / "run") as store:
+        store.record([NodeRecord("a", 1, 1, 0.0, 1.0)])
+    with sqlite3.connect(tmp_path / "run" / "store.sqlite") as db:
+        db.execute("UPDATE nodes SET id = CAST(x'ff80' AS TEXT)")
+    db.close()
+    with pytest.raises(StoreError, match="not UTF-8"):
+        with Store(tmp_path / "run") as store:
+            store.done_ids()
