@@ -3,6 +3,7 @@ session ends with no worker process left."""
 
 from __future__ import annotations
 
+import faulthandler
 import sys
 import threading
 import time
@@ -12,6 +13,17 @@ import pytest
 
 #: Seconds any blocking wait in a test may take before the test fails.
 WAIT = 60
+
+
+def run_to_end(dispatcher):
+    """Start ``dispatcher`` (or an experiment run) and wait for the end of
+    its run; past ``WAIT`` seconds, dump every thread's stack and fail."""
+    dispatcher.start()
+    if not dispatcher.wait(WAIT):
+        faulthandler.dump_traceback(all_threads=True)
+        dispatcher.stop(WAIT)
+        pytest.fail(f"the run did not end in {WAIT} s: {dispatcher.progress()}")
+    return dispatcher
 
 
 def _dispatcher_threads() -> list[threading.Thread]:

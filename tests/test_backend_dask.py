@@ -18,7 +18,7 @@ distributed = pytest.importorskip("distributed")
 
 import cloudpickle  # noqa: E402
 import dask  # noqa: E402
-from conftest import WAIT  # noqa: E402
+from conftest import WAIT, run_to_end  # noqa: E402
 from distributed.client import (  # noqa: E402
     FutureCancelledError,
     FuturesCancelledError,
@@ -29,7 +29,6 @@ from distributed.scheduler import KilledWorker  # noqa: E402
 from test_backends import _BackendContract  # noqa: E402
 from test_experiment import (  # noqa: E402
     logged,
-    run_to_end,
     wait_until,
     write_experiment,
 )

@@ -20,22 +20,12 @@ import time
 
 import psutil
 import pytest
-from conftest import WAIT
+from conftest import WAIT, run_to_end
 
 import alma_dag as ad
 from alma_dag import Dependency, Dispatcher, Err, RunState, TaskGraph
 
 BACKENDS = ["inline", "loky"]
-
-
-def run_to_end(dispatcher: Dispatcher) -> Dispatcher:
-    """Start ``dispatcher`` and wait for the end of its run."""
-    dispatcher.start()
-    if not dispatcher.wait(WAIT):
-        faulthandler.dump_traceback(all_threads=True)
-        dispatcher.stop(WAIT)
-        pytest.fail(f"the run did not end in {WAIT} s: {dispatcher.progress()}")
-    return dispatcher
 
 
 def assert_consistent(dispatcher: Dispatcher) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import WAIT
+from conftest import WAIT, run_to_end
 
 from alma_dag import (
     DependencyError,
@@ -141,15 +141,6 @@ def wait_until(predicate, what: str, run: Dispatcher | None = None) -> None:
                 run.stop(WAIT)
             pytest.fail(f"{what}: not within {WAIT} s")
         time.sleep(0.01)
-
-
-def run_to_end(run: ExperimentRun) -> ExperimentRun:
-    run.start()
-    if not run.wait(WAIT):
-        faulthandler.dump_traceback(all_threads=True)
-        run.stop(WAIT)
-        pytest.fail(f"the run did not end in {WAIT} s: {run.progress()}")
-    return run
 
 
 @pytest.fixture

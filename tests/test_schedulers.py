@@ -11,7 +11,6 @@ durations.
 
 from __future__ import annotations
 
-import faulthandler
 import math
 import os
 import random
@@ -19,7 +18,7 @@ import time
 
 import psutil
 import pytest
-from conftest import WAIT
+from conftest import WAIT, run_to_end
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -280,15 +279,6 @@ def most_at_once(spans: dict[str, tuple[float, float]], weight) -> float:
         total += weight(name) if starts else -weight(name)
         most = max(most, total)
     return most
-
-
-def run_to_end(dispatcher: Dispatcher) -> Dispatcher:
-    dispatcher.start()
-    if not dispatcher.wait(WAIT):
-        faulthandler.dump_traceback(all_threads=True)
-        dispatcher.stop(WAIT)
-        pytest.fail(f"the run did not end in {WAIT} s: {dispatcher.progress()}")
-    return dispatcher
 
 
 def test_max_threads_one_never_overlaps_on_two_workers(tmp_path):
