@@ -738,7 +738,7 @@ class Dispatcher:
             self._ledger = start_ledger(self.graph, plan, done)
             self._results = self._ledger.results
             self._started = time.monotonic()
-        self._backend.open(self.workers, self._events.put)
+        self._backend.open(self.workers, self._events.put, self.store)
 
     def _is_over(self) -> bool:
         with self._lock:

@@ -70,7 +70,7 @@ from .schedulers import (
     MaxMemoryScheduler,
     MaxThreadsScheduler,
 )
-from .store import Store, load_state, run_lock, save_state
+from .store import Store, run_lock, state_route
 from .sweep import sweep
 
 __all__ = [
@@ -512,11 +512,12 @@ def call_run(
     kwargs = {} if parameters is None else {"parameters": dict(parameters)}
     if not takes_state:
         return run(instance, **kwargs)
+    route = state_route()  # taken now: threads the run starts have none
 
     def save(state: str) -> None:
-        save_state(database, node, state)
+        route.save(database, node, state)
 
-    return run(instance, save, load_state(database, node), **kwargs)
+    return run(instance, save, route.load(database, node), **kwargs)
 
 
 def call_done(done: Callable, folder: str) -> Any:

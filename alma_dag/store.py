@@ -19,7 +19,10 @@ Invariants:
   before it hands out their dependents. ``synchronous=FULL``: a commit
   that returned survives a crash of the process or of the machine.
 - ``save(text)`` commits before it returns, from whichever process calls
-  it; the next attempt of that node receives the text as ``state``.
+  it; the next attempt of that node receives the text as ``state``. A
+  worker that shares the store's disk writes the file itself; one that
+  may not (a dask worker) sends the state along a ``StateRoute`` to the
+  dispatcher's process, which commits it and answers.
 - Results are pickles, and loading a pickle can run code: the directory
   is created private to its owner, and a directory or database that
   another user owns, or that group or others may write, is refused.
@@ -28,6 +31,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import enum
 import json
 import os
@@ -41,7 +45,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import cloudpickle
 import filelock
@@ -52,11 +56,15 @@ __all__ = [
     "LockedError",
     "NodeRecord",
     "NodeStatus",
+    "StateRoute",
     "Store",
+    "check_state",
     "load_state",
     "lock_holder",
+    "routed_states",
     "run_lock",
     "save_state",
+    "state_route",
 ]
 
 #: Version of the database layout; a store of another version is refused.
@@ -670,9 +678,19 @@ def load_state(database: str, node: str) -> str:
     return row[0] if row else ""
 
 
+def check_state(state: Any) -> str:
+    """``state`` if it can be saved, else a ``TypeError`` saying why."""
+    if not isinstance(state, str):
+        raise TypeError(
+            f"save() takes a string, got {type(state).__name__}; "
+            "encode the state first (for example with json.dumps)"
+        )
+    return state
+
+
 def save_state(database: str, node: str, state: str) -> None:
     """Commit ``state`` for ``node`` in the store at ``database``, from any
-    process; what ``save(text)`` does inside a task.
+    process that shares its disk.
 
     Raises
     ------
@@ -681,11 +699,7 @@ def save_state(database: str, node: str, state: str) -> None:
     StoreError
         The store cannot be written.
     """
-    if not isinstance(state, str):
-        raise TypeError(
-            f"save() takes a string, got {type(state).__name__}; "
-            "encode the state first (for example with json.dumps)"
-        )
+    check_state(state)
     db = _writer(database)
     with _writers_lock:  # one statement at a time on the shared connection
         try:
@@ -693,3 +707,49 @@ def save_state(database: str, node: str, state: str) -> None:
         except sqlite3.Error as exc:
             message = f"{database}: cannot save the state of {node!r}: {exc}"
             raise StoreError(message) from exc
+
+
+# -- routing states from workers without the store's disk -----------------------
+
+
+class StateRoute(Protocol):
+    """How a worker reads and saves states: the store's file itself (the
+    default), or a channel to the dispatcher's process, which answers from
+    its own ``Store`` (the dask backend's)."""
+
+    def load(self, database: str, node: str) -> str:
+        """The last state ``node`` saved in the store at ``database``."""
+
+    def save(self, database: str, node: str, state: str) -> None:
+        """Commit ``state`` for ``node`` before returning."""
+
+
+class _File:
+    """The default route: the worker shares the store's disk."""
+
+    load = staticmethod(load_state)
+    save = staticmethod(save_state)
+
+
+_FILE = _File()
+
+#: The route of the batch running in this thread (None: the file itself).
+_route: contextvars.ContextVar[StateRoute | None] = contextvars.ContextVar(
+    "alma_dag_state_route", default=None
+)
+
+
+def state_route() -> StateRoute:
+    """The route states of the task running in this thread take."""
+    return _route.get() or _FILE
+
+
+@contextlib.contextmanager
+def routed_states(route: StateRoute | None) -> Iterator[None]:
+    """Within the block, tasks of this thread read and save states through
+    ``route`` (None: the store's file itself)."""
+    token = _route.set(route)
+    try:
+        yield
+    finally:
+        _route.reset(token)

@@ -405,8 +405,10 @@ class _FixedPool(Backend):
         self.size = size
         self.name = inner.name
 
-    def open(self, n_workers: int, report: Callable[[Outcome], None]) -> None:
-        self.inner.open(self.size, report)
+    def open(
+        self, n_workers: int, report: Callable[[Outcome], None], store=None
+    ) -> None:
+        self.inner.open(self.size, report, store)
 
     def submit(self, batch: Batch) -> None:
         self.inner.submit(batch)

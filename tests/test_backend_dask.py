@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -17,7 +18,6 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 import cloudpickle  # noqa: E402
-import dask  # noqa: E402
 from conftest import WAIT, run_to_end  # noqa: E402
 from distributed.client import (  # noqa: E402
     FutureCancelledError,
@@ -36,22 +36,22 @@ from test_experiment import (  # noqa: E402
 import alma_dag as ad  # noqa: E402
 from alma_dag import Err, TaskGraph  # noqa: E402
 from alma_dag.backends import get_backend  # noqa: E402
-from alma_dag.backends.dask import DaskBackend, map_dask_error  # noqa: E402
+from alma_dag.backends.dask import (  # noqa: E402
+    ClientStates,
+    DaskBackend,
+    local_cluster,
+    map_dask_error,
+    serve_states,
+)
 from alma_dag.experiment import load  # noqa: E402
+from alma_dag.store import Store  # noqa: E402
 
 _shared: dict[str, distributed.Client] = {}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def client():
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = distributed.LocalCluster(
-            n_workers=2,
-            processes=True,
-            threads_per_worker=1,
-            dashboard_address=None,
-            host="127.0.0.1",
-        )
+    cluster = local_cluster(2)
     client = distributed.Client(cluster, set_as_default=False)
     _shared["client"] = client
     yield client
@@ -114,6 +114,8 @@ def test_get_backend_accepts_a_client(client):
     backend = get_backend(client)
     assert isinstance(backend, DaskBackend) and backend.client is client
     assert isinstance(get_backend("dask"), DaskBackend)
+    by_address = get_backend("tls://scheduler:8786")
+    assert isinstance(by_address, DaskBackend) and by_address.client is None
 
 
 def test_missing_distributed_is_a_definition_error(monkeypatch):
@@ -164,6 +166,18 @@ def test_experiment_runs_to_the_end(tmp_path, client):
     run = run_to_end(load(path, backend=DaskBackend(client)))
     assert run.state is ad.RunState.FINISHED
     assert run.progress().failed == 0
+
+
+def test_command_line_runs_on_a_scheduler_address(tmp_path, client, capsys):
+    from alma_dag.cli import main
+
+    path = write_experiment(tmp_path, instances=("a", "b"), iterations=2)
+    address = client.scheduler.address
+    assert main(["run", str(path), "--backend", address, "--quiet"]) == 0
+    assert "finished: 5 done, 0 failed, of 5" in capsys.readouterr().out
+    assert sorted(logged(tmp_path)) == [["done"]] + [["run", "a"]] * 2 + [
+        ["run", "b"]
+    ] * 2
 
 
 # Saves, then works on for a while: a stop lands while some run is between
@@ -220,6 +234,75 @@ def test_experiment_stops_and_resumes_on_dask(tmp_path, client):
         assert results[node] == "saved-" + node.split("#")[0]
     assert sum(1 for s in starts if s[1] != "-") == len(restarted)
     assert len(starts) == 18 + len(restarted)
+
+
+# The worker may not open the store: SQLite refuses to connect while the run
+# saves, and no connection to it was opened for the state it started with.
+NO_SHARED_DISK = """
+import sqlite3
+
+from alma_dag import store
+
+
+def run(instance, save, state):
+    assert not [d for d in store._writers if d.startswith(HERE)], "read the file"
+    connect, sqlite3.connect = sqlite3.connect, None
+    try:
+        save(state + "+" + name(instance))
+    finally:
+        sqlite3.connect = connect
+    log("ran", name(instance), state or "-")
+    if not state:
+        raise RuntimeError("fails once, after its save()")
+    return state
+"""
+
+
+def test_states_travel_through_the_client(tmp_path, client):
+    path = write_experiment(tmp_path, NO_SHARED_DISK, instances=("a", "b"))
+    first = run_to_end(load(path, backend=DaskBackend(client)))
+    assert first.progress().failed == 2
+    assert {first.store.state(f"{i}#0") for i in "ab"} == {"+a", "+b"}
+    first.store.close()
+    again = run_to_end(load(path, backend=DaskBackend(client)))
+    assert again.state is ad.RunState.FINISHED
+    assert {again.store.result(f"{i}#0") for i in "ab"} == {"+a", "+b"}
+    assert {again.store.state(f"{i}#0") for i in "ab"} == {"+a+a", "+b+b"}
+    assert sorted(logged(tmp_path)) == [
+        ["ran", "a", "+a"], ["ran", "a", "-"], ["ran", "b", "+b"], ["ran", "b", "-"]
+    ]
+
+
+def test_state_requests_for_another_file_are_refused(tmp_path, client):
+    store = Store(tmp_path / "run.alma")
+    queue = distributed.Queue(client=client)
+    server = threading.Thread(target=serve_states, args=(queue, client, store))
+    server.start()
+
+    def save_then_load(database):
+        states = ClientStates(queue.name)
+        states.save(database, "n", "kept")
+        return states.load(database, "n")
+
+    database = str(store.path)
+
+    def save_bytes():
+        ClientStates(queue.name).save(database, "n", b"raw")
+
+    try:
+        ours = client.submit(save_then_load, database, pure=False)
+        assert ours.result(WAIT) == "kept"
+        other = client.submit(save_then_load, str(tmp_path / "x.sqlite"), pure=False)
+        with pytest.raises(ad.StoreError, match="not the store of this run"):
+            other.result(WAIT)
+        with pytest.raises(TypeError, match="save\\(\\) takes a string"):
+            client.submit(save_bytes, pure=False).result(WAIT)
+    finally:
+        queue.put(None)
+        server.join(WAIT)
+    assert not server.is_alive()
+    assert store.state("n") == "kept"
+    store.close()
 
 
 # -- map_dask_error -----------------------------------------------------------

@@ -34,6 +34,7 @@ from ..errors import (
     WorkerDied,
 )
 from ..graph import Task, resolve
+from ..store import Store
 
 __all__ = [
     "Backend",
@@ -222,10 +223,21 @@ class Backend(abc.ABC):
     #: The name used in ``backend="..."``.
     name: str = ""
 
-    def open(self, n_workers: int, report: Callable[[Outcome], None]) -> None:
-        """Prepare to run up to ``n_workers`` batches at once."""
+    def open(
+        self,
+        n_workers: int,
+        report: Callable[[Outcome], None],
+        store: Store | None = None,
+    ) -> None:
+        """Prepare to run up to ``n_workers`` batches at once.
+
+        ``store`` is the run's checkpoint store, if any: a backend whose
+        workers may not share the dispatcher's disk serves the states they
+        ``save()`` and read through it (see ``alma_dag.store.StateRoute``).
+        """
         self._report = report
         self.n_workers = n_workers
+        self.store = store
 
     @abc.abstractmethod
     def submit(self, batch: Batch) -> None:

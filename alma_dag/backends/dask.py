@@ -43,14 +43,19 @@
   unobserved, and their results are dropped; nothing more is reported for
   killed batches (the dispatcher runs them again).
 
-State saved with ``save()`` by experiment runs goes to the store's SQLite
-file directly, so with this backend the workers must share the
-dispatcher's disk (a ``LocalCluster`` or a shared file system).
+- **States** that experiment runs ``save()`` travel through the cluster,
+  not a shared disk: the worker puts the request on a ``distributed.Queue``
+  only this run reads, a thread beside the dispatcher commits it to the
+  run's ``Store`` and answers on a ``distributed.Variable`` named for the
+  request, and ``save()`` returns once the answer says committed. The
+  state a run starts with comes back the same way. Requests name the
+  store's path; one for any other file is refused.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import threading
 import time
@@ -68,14 +73,23 @@ from distributed.scheduler import KilledWorker
 from ..errors import (
     DefinitionError,
     SerializationError,
+    StoreError,
     TaskCancelled,
     TaskFailure,
     WorkerDied,
 )
+from ..store import Store, check_state, routed_states
 from .base import Backend, Batch, Outcome, dump_batch, lost_batch_error
 from .loky import payload_outcome, run_payload
 
-__all__ = ["DaskBackend", "map_dask_error", "run_dask_payload"]
+__all__ = [
+    "ClientStates",
+    "DaskBackend",
+    "local_cluster",
+    "map_dask_error",
+    "run_dask_payload",
+    "serve_states",
+]
 
 logger = logging.getLogger("alma_dag")
 
@@ -85,6 +99,10 @@ RESTART_TIMEOUT = 20
 
 #: Seconds ``kill()`` then waits for the restarted workers to register.
 WORKERS_BACK_TIMEOUT = 10
+
+#: Seconds a worker's ``save()`` (or its first read of a state) waits for
+#: the dispatcher's answer before it fails with a ``StoreError``.
+STATE_TIMEOUT = 60
 
 # (distributed or builtin error, alma_dag error, what it means); the first
 # matching row wins, so subclasses come before their bases.
@@ -117,16 +135,101 @@ def map_dask_error(exc: BaseException) -> TaskFailure:
 
 
 def run_dask_payload(
-    payload: bytes, topic: str | None, batch_id: int
+    payload: bytes, topic: str | None, batch_id: int, states: str | None = None
 ) -> tuple[bool, bytes | str]:
     """Worker side: tell ``topic`` (if any) that ``batch_id`` began, then
-    run the batch as ``run_payload`` does."""
+    run the batch as ``run_payload`` does, its states going through the
+    queue named ``states`` (if any)."""
     if topic is not None:
         try:
             distributed.get_worker().log_event(topic, batch_id)
         except ValueError:  # not on a dask worker (called directly)
             pass
-    return run_payload(payload)
+    with routed_states(None if states is None else ClientStates(states)):
+        return run_payload(payload)
+
+
+class ClientStates:
+    """A ``StateRoute`` from a dask worker to the dispatcher's process:
+    each request goes on the run's queue, and its answer, ``(True,
+    value)`` or ``(False, why)``, comes back on a variable of its own."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+
+    def load(self, database: str, node: str) -> str:
+        return self._ask("load", database, node, "")
+
+    def save(self, database: str, node: str, state: str) -> None:
+        self._ask("save", database, node, check_state(state))
+
+    def _ask(self, kind: str, database: str, node: str, state: str) -> Any:
+        client = distributed.get_client()
+        token = f"alma_dag-state-{uuid.uuid4().hex}"
+        answer = distributed.Variable(token, client=client)
+        try:
+            distributed.Queue(self.queue, client=client).put(
+                (token, kind, database, node, state)
+            )
+            ok, value = answer.get(timeout=STATE_TIMEOUT)
+        except TimeoutError:
+            raise StoreError(
+                f"{database}: the dispatcher did not answer within {STATE_TIMEOUT} s "
+                f"to {kind} the state of {node!r}"
+            ) from None
+        finally:
+            answer.delete()
+        if not ok:
+            raise StoreError(value)
+        return value
+
+
+def serve_states(
+    queue: distributed.Queue, client: distributed.Client, store: Store
+) -> None:
+    """Dispatcher side: answer ``ClientStates`` requests from ``store``
+    until ``None`` arrives on ``queue`` or the client closes."""
+    path = os.path.abspath(store.path)
+    while True:
+        try:
+            request = queue.get(timeout=1)
+        except TimeoutError:
+            continue
+        except Exception:  # the client closed under us
+            return
+        if request is None:
+            return
+        token, kind, database, node, state = request
+        try:
+            if os.path.abspath(database) != path:
+                raise StoreError(f"{database}: not the store of this run ({path})")
+            if kind == "save":
+                answer = (True, store.save_state(node, state))
+            else:
+                answer = (True, store.state(node))
+        except StoreError as exc:
+            answer = (False, str(exc))
+        try:
+            distributed.Variable(token, client=client).set(answer)
+        except Exception:  # the client closed under us
+            return
+
+
+def local_cluster(n_workers: int, security: Any = None) -> distributed.LocalCluster:
+    """The cluster ``DaskBackend()`` starts: ``n_workers`` single-threaded
+    worker processes on loopback, no task retried (the dispatcher isolates
+    and re-runs suspects itself), no dashboard, and the scheduler's HTTP
+    routes on a free port rather than 8787, which may be taken."""
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        return distributed.LocalCluster(
+            n_workers=n_workers,
+            processes=True,
+            threads_per_worker=1,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            host="127.0.0.1",
+            security=security,
+        )
 
 
 class DaskBackend(Backend):
@@ -185,6 +288,9 @@ class DaskBackend(Backend):
         )
         self._cluster: distributed.LocalCluster | None = None
         self._topic: str | None = None
+        # The run's queue of state requests, and the thread answering them.
+        self._states: distributed.Queue | None = None
+        self._server: threading.Thread | None = None
         # _lock guards _futures (batch id -> future in flight) and _began
         # (batch id -> time.time() its start was heard of).
         self._lock = threading.Lock()
@@ -197,8 +303,8 @@ class DaskBackend(Backend):
         backend makes its own)."""
         return self._client
 
-    def open(self, n_workers, report) -> None:
-        super().open(n_workers, report)
+    def open(self, n_workers, report, store=None) -> None:
+        super().open(n_workers, report, store)
         with self._lock:
             self._futures.clear()
             self._began.clear()
@@ -206,6 +312,16 @@ class DaskBackend(Backend):
             self._client = self._connect(n_workers)
         self._topic = f"alma_dag-started-{uuid.uuid4().hex}"
         self._client.subscribe_topic(self._topic, self._on_started)
+        if store is not None:
+            name = f"alma_dag-states-{uuid.uuid4().hex}"
+            self._states = distributed.Queue(name, client=self._client)
+            self._server = threading.Thread(
+                target=serve_states,
+                args=(self._states, self._client, store),
+                name="alma_dag-dask-states",
+                daemon=True,
+            )
+            self._server.start()
 
     def _connect(self, n_workers: int) -> distributed.Client:
         options = {"set_as_default": False, **self._client_options}
@@ -213,16 +329,7 @@ class DaskBackend(Backend):
             options["security"] = self._security
         if isinstance(self._given, str):
             return distributed.Client(self._given, **options)
-        # The dispatcher isolates and re-runs suspects itself.
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-            self._cluster = distributed.LocalCluster(
-                n_workers=n_workers,
-                processes=True,
-                threads_per_worker=1,
-                dashboard_address=None,
-                host="127.0.0.1",
-                security=self._security,
-            )
+        self._cluster = local_cluster(n_workers, self._security)
         return distributed.Client(self._cluster, **options)
 
     def _on_started(self, event: tuple[float, Any]) -> None:
@@ -240,8 +347,9 @@ class DaskBackend(Backend):
         topic = self._topic if batch.timeout is not None else None
         key = f"alma_dag-batch-{batch.id}-{uuid.uuid4().hex}"
         try:
+            states = None if self._states is None else self._states.name
             future = self._client.submit(
-                run_dask_payload, payload, topic, batch.id, pure=False, key=key
+                run_dask_payload, payload, topic, batch.id, states, pure=False, key=key
             )
         except Exception as exc:
             self._report(Outcome(batch.id, error=map_dask_error(exc)))
@@ -303,6 +411,12 @@ class DaskBackend(Backend):
         if self._topic is not None:
             client.unsubscribe_topic(self._topic)
             self._topic = None
+        if self._server is not None:
+            queue, server = self._states, self._server
+            self._states = self._server = None
+            queue.put(None)
+            server.join()
+            queue.close()
         if self._given is client:
             return  # the user's client stays open
         self._client = None

@@ -21,8 +21,8 @@ class InlineBackend(Backend):
 
     name = "inline"
 
-    def open(self, n_workers, report) -> None:
-        super().open(n_workers, report)
+    def open(self, n_workers, report, store=None) -> None:
+        super().open(n_workers, report, store)
         self._pending: deque[Batch] = deque()
 
     def submit(self, batch: Batch) -> None:

@@ -298,8 +298,8 @@ class LokyBackend(Backend):
 
     name = "loky"
 
-    def open(self, n_workers, report) -> None:
-        super().open(n_workers, report)
+    def open(self, n_workers, report, store=None) -> None:
+        super().open(n_workers, report, store)
         self._pool: _Pool | None = None
         # _lock guards _slots: batch id -> (pool, clock slot) of batches
         # with a timeout still running.
