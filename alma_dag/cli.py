@@ -14,7 +14,8 @@ bound and lanes; ``report`` draws the recorded runs from the store (lanes
 are not recorded: they are re-derived by interval partitioning). Both
 write a PNG with ``--gantt`` (matplotlib needed).
 
-``run`` shows a progress bar; Ctrl-C stops the run cleanly (running calls
+``--backend`` takes ``loky`` (the default), ``inline``, ``dask`` or a dask
+scheduler's address. ``run`` shows a progress bar; Ctrl-C stops the run cleanly (running calls
 are aborted, everything finished is kept) and a later ``run`` continues.
 An ``AlmaDagError`` is printed as ``TypeName: message`` without a
 traceback and exits with status 2; any other exception is a bug and shows
@@ -71,8 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--backend",
         default="loky",
-        choices=["loky", "inline"],
-        help="where runs execute (default: loky, a process pool)",
+        metavar="NAME",
+        help="where runs execute: loky (default, a process pool), inline, dask "
+        "(a local dask cluster) or a dask scheduler's address (tcp://host:8786)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     show = commands.add_parser("status", help="show an experiment's progress")

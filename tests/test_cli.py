@@ -142,6 +142,11 @@ def test_plan_prints_and_saves_gantt(quickstart, tmp_path, capsys):
     assert imread(png).shape[2] == 4
 
 
+def test_unknown_backend_is_bad_input(quickstart, capsys):
+    assert main(["run", str(quickstart), "--backend", "nope", "--quiet"]) == 2
+    assert "unknown backend 'nope'" in capsys.readouterr().err
+
+
 def test_report_draws_recorded_runs(quickstart, tmp_path, capsys):
     from matplotlib.image import imread
 

@@ -2,8 +2,8 @@
 
 ``inline`` runs them in the dispatcher's thread, ``loky`` (the default) on
 loky's reusable process pool, ``dask`` on a ``distributed`` cluster (an
-optional dependency). ``get_backend`` turns a name -- or a
-``distributed.Client`` -- into a backend.
+optional dependency). ``get_backend`` turns a name -- or a dask
+scheduler's address, or a ``distributed.Client`` -- into a backend.
 """
 
 from __future__ import annotations
@@ -21,18 +21,21 @@ BACKENDS = ("loky", "inline", "dask")
 
 def get_backend(backend: object) -> Backend:
     """The backend named ``backend``, or ``backend`` itself if it is one; a
+    scheduler's address (``"tcp://host:8786"``, ``"tls://..."``) or a
     ``distributed.Client`` gives a ``DaskBackend`` using it.
 
     Raises
     ------
     DefinitionError
-        The name is not one of ``BACKENDS``, or it is ``"dask"`` and
-        ``distributed`` is not installed.
+        The name is not one of ``BACKENDS`` nor an address, or the backend
+        is dask's and ``distributed`` is not installed.
     """
     if isinstance(backend, Backend):
         return backend
-    if backend == "dask" or _is_dask_client(backend):
-        return _dask_backend(None if backend == "dask" else backend)
+    if backend == "dask":
+        return _dask_backend(None)
+    if (isinstance(backend, str) and "://" in backend) or _is_dask_client(backend):
+        return _dask_backend(backend)
     if backend == "loky":
         from .loky import LokyBackend
 
@@ -42,8 +45,8 @@ def get_backend(backend: object) -> Backend:
 
         return InlineBackend()
     raise DefinitionError(
-        f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} "
-        "or pass a Backend instance",
+        f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}, "
+        "a dask scheduler's address (tcp://host:8786), or a Backend instance",
         field="backend",
     )
 
