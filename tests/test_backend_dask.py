@@ -305,6 +305,49 @@ def test_state_requests_for_another_file_are_refused(tmp_path, client):
     store.close()
 
 
+def test_sweep_on_dask_marks_every_combination(tmp_path, client):
+    from alma_dag.mapping import map_sweep
+    from alma_dag.sweeper import ParamSweeper
+
+    offset = 100  # a closure: it travels by value
+    sweeper = ParamSweeper(tmp_path / "sw", ad.sweep({"x": list(range(12))}))
+
+    def square(combination):
+        if combination["x"] == 3:
+            raise ValueError("three")
+        return combination["x"] ** 2 + offset
+
+    results = map_sweep(square, sweeper, backend=DaskBackend(client), progress=False)
+    assert {c["x"]: r for c, r in results.items() if not isinstance(r, Err)} == {
+        x: x * x + offset for x in range(12) if x != 3
+    }
+    assert [c["x"] for c in sweeper.get_skipped()] == [3]
+    assert len(sweeper.get_done()) == 11
+
+
+def test_boss_on_dask(client):
+    from alma_dag.schedulers import MaxThreadsScheduler
+    from alma_dag.workers import Boss, Worker
+
+    class Doubler(Worker):
+        value: int
+
+        def _task(self):
+            return 2 * self.value, os.getpid()
+
+    boss = Boss(scheduler=MaxThreadsScheduler(2), backend=DaskBackend(client))
+    boss.set_instructions({}, {"value": [1, 2, 3], "name": ["a", "b", "c"]})
+    boss.make_them_work()
+    boss.wait_till_finished(timeout=WAIT)
+    report = boss.get_report()
+    assert report["status"] == "finished"
+    by_name = {e["name"]: e["report"] for e in report["workers_report"]}
+    assert {name: value for name, (value, _) in by_name.items()} == {
+        "a": 2, "b": 4, "c": 6
+    }
+    assert os.getpid() not in {pid for _, pid in by_name.values()}
+
+
 # -- map_dask_error -----------------------------------------------------------
 
 #: An instance of each error distributed may fail a batch with, and what it
