@@ -54,6 +54,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -103,6 +104,9 @@ WORKERS_BACK_TIMEOUT = 10
 #: Seconds a worker's ``save()`` (or its first read of a state) waits for
 #: the dispatcher's answer before it fails with a ``StoreError``.
 STATE_TIMEOUT = 60
+
+#: Seconds ``close()`` waits for the thread answering state requests.
+SERVER_JOIN_TIMEOUT = 10
 
 # (distributed or builtin error, alma_dag error, what it means); the first
 # matching row wins, so subclasses come before their bases.
@@ -191,10 +195,8 @@ def serve_states(
     until ``None`` arrives on ``queue`` or the client closes."""
     path = os.path.abspath(store.path)
     while True:
-        try:
-            request = queue.get(timeout=1)
-        except TimeoutError:
-            continue
+        try:  # no timeout: one expiring makes the scheduler log an error
+            request = queue.get()
         except Exception:  # the client closed under us
             return
         if request is None:
@@ -414,9 +416,10 @@ class DaskBackend(Backend):
         if self._server is not None:
             queue, server = self._states, self._server
             self._states = self._server = None
-            queue.put(None)
-            server.join()
-            queue.close()
+            with contextlib.suppress(Exception):  # a client closed by its owner
+                queue.put(None)
+                server.join(SERVER_JOIN_TIMEOUT)
+                queue.close()
         if self._given is client:
             return  # the user's client stays open
         self._client = None
