@@ -194,11 +194,6 @@ def run(instance, save, state):
 """
 
 
-@pytest.mark.skipif(
-    os.environ.get("CI") == "true",
-    reason="failed once in eight local runs (a restarted dask worker seemed not "
-    "to come back); kept out of CI until that is understood",
-)
 def test_experiment_stops_and_resumes_on_dask(tmp_path, client):
     instances = tuple("abcdef")
     path = write_experiment(
