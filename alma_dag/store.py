@@ -391,22 +391,34 @@ class Store:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     self._db.executemany(sql, rows)
+                    self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    self._rollback()
                     raise
-                self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: cannot record: {exc}") from exc
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back already (a full disk, an I/O error):
+        # roll back only what is still open, and never let an error of the
+        # ROLLBACK hide the one that made it necessary.
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
     def clear(self) -> None:
         """Forget every node, state and piece of metadata but the layout."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                for table in ("nodes", "states"):
-                    self._db.execute(f"DELETE FROM {table}")
-                self._db.execute("DELETE FROM meta WHERE key != 'schema'")
-                self._db.execute("COMMIT")
+                try:
+                    for table in ("nodes", "states"):
+                        self._db.execute(f"DELETE FROM {table}")
+                    self._db.execute("DELETE FROM meta WHERE key != 'schema'")
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._rollback()
+                    raise
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: cannot clear: {exc}") from exc
 

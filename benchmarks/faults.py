@@ -3,7 +3,7 @@ damaged store costs.
 
 Run by hand::
 
-    python benchmarks/faults.py [--trials N] [--seed S]
+    python benchmarks/faults.py [--trials N] [--seed S] [--fault NAME ...]
 
 For each front end -- a task graph with a store, an experiment, a
 ``ParamSweeper``, a ``Boss`` -- a small real workload runs while faults are
@@ -23,7 +23,20 @@ injected at random moments:
   ``missing-module``: a clear ``StoreError`` / ``ExperimentError``, never a
   traceback from sqlite3 or pickle, never a store silently emptied;
 - ``locked``: a second process starting the same run is refused with
-  ``LockedError`` naming the holder, and ``status()`` works beside it.
+  ``LockedError`` naming the holder, and ``status()`` works beside it;
+- ``disk-full`` (POSIX): a session runs part of the work and stops, then
+  one runs with ``RLIMIT_FSIZE`` (SIGXFSZ ignored, so a write fails with
+  EFBIG as on a full disk) a random margin above the largest file of the
+  database, its WAL, journal and WAL index: it must end with a
+  ``StoreError`` naming the database and SQLite's error, not a traceback
+  from sqlite3, a hang or a silent success; then the store must load, hold
+  everything recorded before and pass ``PRAGMA integrity_check``, and a
+  last session must finish, losing and rerunning nothing recorded. Half
+  the task-graph trials give results larger than SQLite's page cache, so
+  the failed write comes inside the INSERT rather than at COMMIT; half the
+  sweeper trials use the rollback journal (``multi_host=True``). A Boss
+  writes nothing, so it has no row. Below the table, how many trials the
+  limit was actually reached in.
 
 One table comes out: fault x front end -> trials, results lost,
 duplicates, hangs (bounded waits that expired), unexpected exceptions. The
@@ -56,6 +69,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+try:
+    import resource
+except ImportError:  # Windows: no file-size limit, no disk-full row
+    resource = None
 
 import alma_dag as ad
 import alma_dag.experiment as ex
@@ -99,6 +117,9 @@ class Cell:
     duplicates: int = 0
     hangs: int = 0
     unexpected: int = 0
+    #: Trials in which the fault actually struck, where that is up to
+    #: chance (a file-size limit the run may not reach); None elsewhere.
+    struck: int | None = None
     #: One line per non-zero count: the trial's seed and what happened.
     notes: list[str] = field(default_factory=list)
 
@@ -142,17 +163,41 @@ class Session:
         return self.stderr.read_text(errors="replace")[-2000:]
 
 
-def _start(code: str, root: Path, name: str) -> Session:
+#: What a child runs first when its files may not grow past ``limit`` bytes:
+#: a write past it then fails with EFBIG -- what a full disk gives -- instead
+#: of SIGXFSZ killing the process. Its loky workers inherit both.
+LIMIT_PRELUDE = """\
+import resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+_hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+_soft = {limit} if _hard == resource.RLIM_INFINITY else min({limit}, _hard)
+resource.setrlimit(resource.RLIMIT_FSIZE, (_soft, _hard))
+"""
+
+
+def _start(
+    code: str,
+    root: Path,
+    name: str,
+    args: tuple[str, ...] = (),
+    limit: int | None = None,
+    stdout: bool = False,
+) -> Session:
+    """Run ``code`` in a child (``sys.argv[1:]`` = root, *args); with
+    ``limit``, no file it writes may grow past that many bytes; with
+    ``stdout``, its output comes back through a pipe (which no limit cuts)."""
     marker = f"{uuid.uuid4().hex}-{name}"
     stderr = root / f"{name}.stderr"
     prelude = (
         f"import faulthandler; faulthandler.dump_traceback_later({WAIT}, exit=True)\n"
     )
+    if limit is not None:
+        prelude += LIMIT_PRELUDE.format(limit=limit)
     with open(stderr, "wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-c", prelude + code, str(root)],
+            [sys.executable, "-c", prelude + code, str(root), *args],
             env={**os.environ, MARK: marker},
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
             stderr=err,
         )
     return Session(process, marker, stderr)
@@ -440,13 +485,16 @@ def done():
 
 
 def write_experiment(
-    root: Path, faults: dict[str, str] | None = None, sleep: float = 0.01
+    root: Path,
+    faults: dict[str, str] | None = None,
+    sleep: float = 0.01,
+    instances: int = INSTANCES,
 ) -> tuple[Path, dict[str, str]]:
-    """An experiment of ``INSTANCES`` instances, one iteration each; returns
+    """An experiment of ``instances`` instances, one iteration each; returns
     its file and the node id of each instance's base name."""
     folder = root / "exp"
     (folder / "data").mkdir(parents=True)
-    names = [f"data/i{i:02d}.txt" for i in range(INSTANCES)]
+    names = [f"data/i{i:02d}.txt" for i in range(instances)]
     for name in names:
         (folder / name).write_text(name)
     (folder / "faults.batch").write_text(json.dumps({"instances": names}))
@@ -1051,6 +1099,389 @@ def locked(front: str, trials: int, seed: int) -> Cell:
     return cell
 
 
+# -- a full disk ----------------------------------------------------------------------
+# Three sessions over one store, in children: the first runs part of the work
+# and stops cleanly, so the store exists and has grown; the second runs with
+# RLIMIT_FSIZE set a random small margin above the largest file of the
+# database (WAL, journal and WAL index included), so a commit mid-run fails
+# as on a full disk; the third, without the limit, finishes the work.
+
+#: Bytes of the WAL index (``-shm``) SQLite maps when it opens a WAL
+#: database: a limit below it would fail every open, never a write mid-run.
+SHM_BYTES = 32768
+
+#: The random part of the file-size limit, in bytes (a page is 4096).
+MARGIN = 16 * 1024
+
+DISK_GRAPH_NODES = 30
+#: Bytes of each result of a task graph's limited session in "big" trials:
+#: more than SQLite's page cache (2 MB), so that the pages of one record
+#: spill to the WAL before COMMIT, and the write fails inside the INSERT.
+BIG_RESULT = 4_000_000
+DISK_INSTANCES = 24
+DISK_ELEMENTS = 300
+
+#: What every disk-full child shares: ``report(main)`` runs ``main`` and
+#: prints how it ended as one JSON line on stdout -- a pipe, which the
+#: limit does not cut -- and ``drive`` runs a dispatcher to its end, or
+#: stops it cleanly once ``stop_after`` calls are logged.
+DISK_OUTCOME = """\
+import json, os, sys
+
+def calls(log):
+    try:
+        with open(log, "rb") as f:
+            return f.read().count(b"\\n")
+    except FileNotFoundError:
+        return 0
+
+def drive(run, log, stop_after):
+    before = calls(log)
+    run.start()
+    while not run.wait(0.005):
+        if stop_after and calls(log) - before >= stop_after:
+            run.stop()
+            break
+    return run.state.value
+
+def report(main):
+    try:
+        state = main()
+    except BaseException as exc:
+        from alma_dag import StoreError
+        kind = type(exc)
+        print(json.dumps({
+            "raised": f"{kind.__module__}.{kind.__qualname__}",
+            "store_error": isinstance(exc, StoreError),
+            "message": str(exc),
+        }), flush=True)
+        sys.exit(1)
+    print(json.dumps({"raised": None, "state": state}), flush=True)
+
+root, stop_after, big = sys.argv[1], int(sys.argv[2]), sys.argv[3:] == ["big"]
+LOG = os.path.join(root, "calls.log")
+"""
+
+DISK_GRAPH_CHILD = (
+    DISK_OUTCOME
+    + """\
+import time, uuid
+from alma_dag import Dependency, Dispatcher, Store, TaskGraph
+
+def work(node, pad, *values):
+    token = uuid.uuid4().hex
+    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(fd, f"{node} {token}\\n".encode())
+    os.close(fd)
+    time.sleep(0.005)
+    return token, "x" * pad  # the padding grows the store page by page
+
+def main():
+    g = TaskGraph()
+    for i in range(N):
+        deps = (Dependency(f"n{i - 1}"),) if i % 3 else ()
+        pad = BIG_RESULT if big else 500 + i * 613 % 2500
+        g.add(f"n{i}", work, (f"n{i}", pad) + deps)
+    with Store(os.path.join(root, "run.alma")) as store:
+        d = Dispatcher(g, workers=2, store=store, backend=BACKEND)
+        return drive(d, LOG, stop_after)
+
+report(main)
+"""
+)
+
+DISK_EXPERIMENT_CHILD = (
+    DISK_OUTCOME
+    + """\
+import alma_dag.experiment as e
+
+def main():
+    run = e.load(PATH, backend=BACKEND)
+    try:
+        return drive(run, LOG, stop_after)
+    finally:
+        run.store.close()
+
+report(main)
+"""
+)
+
+DISK_SWEEPER_CHILD = (
+    DISK_OUTCOME
+    + """\
+from alma_dag.sweeper import ParamSweeper
+
+def append(path, line):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(fd, line.encode())
+    os.close(fd)
+
+def main():
+    handed = 0
+    with ParamSweeper(os.path.join(root, "sweeps")) as sweeper:
+        while (element := sweeper.get_next()) is not None:
+            append(LOG, f"{element['i']}\\n")
+            sweeper.done(element)
+            append(os.path.join(root, "reported.log"), f"{element['i']}\\n")
+            handed += 1
+            if handed == stop_after:
+                return "stopped"
+    return "finished"
+
+report(main)
+"""
+)
+
+
+def _limit(database: Path, wal: bool, rng: random.Random) -> int:
+    """The largest file of ``database`` -- with its WAL, rollback journal
+    and WAL index -- plus a random margin."""
+    files = [Path(f"{database}{suffix}") for suffix in ("", "-wal", "-journal", "-shm")]
+    sizes = [f.stat().st_size for f in files if f.exists()]
+    return max([*sizes, SHM_BYTES if wal else 0]) + rng.randint(0, MARGIN)
+
+
+def _disk_session(
+    cell: Cell,
+    seed: int,
+    root: Path,
+    code: str,
+    i: int,
+    stop_after: int,
+    limit: int | None,
+    database: Path,
+    big: bool = False,
+) -> dict | None:
+    """Run session ``i`` to its end and check how it ended: None after
+    counting what went wrong, else its outcome (a dict)."""
+    args = (str(stop_after), "big" if big else "")
+    session = _start(code, root, f"s{i}", args, limit, stdout=True)
+    problem = _finish(session)
+    assert session.process.stdout is not None
+    lines = session.process.stdout.read().decode(errors="replace").splitlines()
+    session.process.stdout.close()
+    what = f"session {i}" + ("" if limit is None else f" (files limited to {limit} B)")
+    if problem == "hang":
+        cell.add("hangs", seed, f"{what} did not end")
+        return None
+    try:
+        outcome = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        cell.add("unexpected", seed, f"{what} died without a word: {problem}")
+        return None
+    raised = outcome["raised"]
+    if raised is None:
+        if outcome["state"] in ("finished", "stopped"):
+            return outcome
+        cell.add("unexpected", seed, f"{what} ended {outcome['state']}")
+        return None
+    if limit is None or not outcome["store_error"]:
+        cell.add("unexpected", seed, f"{what} raised {raised}: {outcome['message']}")
+        return None
+    cell.struck = (cell.struck or 0) + 1
+    # Clear: it names the database and what SQLite said of the failed write.
+    message = outcome["message"]
+    named = f"{database.parent.name}/{database.name}" in message
+    if not named or not any(c in message for c in CLEAR):
+        cell.add("unexpected", seed, f"{what}: an unclear StoreError: {message}")
+    return outcome
+
+
+#: What SQLite says of a write past the limit (EFBIG, or a short write), or
+#: past the end of a full disk (ENOSPC).
+CLEAR = ("disk I/O error", "database or disk is full")
+
+
+def _intact(database: Path) -> str | None:
+    """What ``PRAGMA integrity_check`` finds wrong with ``database``, if
+    anything."""
+    db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        rows = [row[0] for row in db.execute("PRAGMA integrity_check")]
+    except sqlite3.Error as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        db.close()
+    return None if rows == ["ok"] else "; ".join(rows[:5])
+
+
+def _loaded(
+    cell: Cell, seed: int, i: int, database: Path, read: Callable[[], object]
+) -> object | None:
+    """``read()`` after session ``i``: what the store holds, or None after
+    counting a store that does not load or is damaged."""
+    try:
+        held = read()
+    except Exception as exc:  # noqa: BLE001 -- counted, with its type
+        cell.add(
+            "lost", seed, f"after session {i} the store does not load: {_short(exc)}"
+        )
+        return None
+    damage = _intact(database)
+    if damage:
+        cell.add("lost", seed, f"after session {i} the database is damaged: {damage}")
+        return None
+    return held
+
+
+def _disk_full_trial(
+    cell: Cell, seed: int, root: Path, front: str, backend: str, big: bool | None
+) -> None:
+    """One trial on a task graph's or an experiment's store; ``big``: the
+    task graph's limited session gives results larger than SQLite's page
+    cache (None: at random)."""
+    rng = random.Random(seed)
+    done_log: Path | None = None
+    if front == "taskgraph":
+        if big is None:
+            big = rng.random() < 0.5
+        code = DISK_GRAPH_CHILD.replace("range(N)", f"range({DISK_GRAPH_NODES})")
+        code = code.replace("BACKEND", repr(backend))
+        code = code.replace("BIG_RESULT", str(BIG_RESULT))
+        run_dir = root / "run.alma"
+        every = {f"n{i}" for i in range(DISK_GRAPH_NODES)}
+
+        def parse(line: str) -> tuple[str, str]:
+            node, token = line.split()
+            return node, token
+
+        def read() -> dict[str, object]:
+            return {n: r[0] for n, r in _graph_recorded(run_dir).items()}
+    else:
+        path, nodes = write_experiment(root, sleep=0.005, instances=DISK_INSTANCES)
+        code = DISK_EXPERIMENT_CHILD.replace("PATH", repr(str(path)))
+        code = code.replace("BACKEND", repr(backend))
+        run_dir = path.parent / "faults.alma"
+        every = set(nodes.values())
+        done_log = root / "done.log"
+
+        def parse(line: str) -> tuple[str, str]:
+            name, token = line.split()
+            return nodes[name], token
+
+        def read() -> dict[str, object]:
+            return _graph_recorded(run_dir)
+
+    database, log = run_dir / "store.sqlite", root / "calls.log"
+    segments = []
+    unrecorded_done = 0
+    for i in range(3):
+        before = len(_lines(log))
+        before_done = len(_lines(done_log)) if done_log else 0
+        stop_after = rng.randint(1, len(every) // 3) if i == 0 else 0
+        limit = _limit(database, True, rng) if i == 1 else None
+        outcome = _disk_session(
+            cell, seed, root, code, i, stop_after, limit, database, big and i == 1
+        )
+        if outcome is None:
+            return
+        if i == 2 and outcome["state"] != "finished":
+            cell.add("unexpected", seed, f"the last session ended {outcome['state']}")
+            return
+        after = _loaded(cell, seed, i, database, read)
+        if after is None:
+            return
+        assert isinstance(after, dict)
+        interrupted = outcome["raised"] is not None or outcome["state"] != "finished"
+        done_lines = (len(_lines(done_log)) - before_done) if done_log else 0
+        if interrupted and done_lines and ex.DONE_NODE not in after:
+            unrecorded_done += 1
+        calls = [parse(line) for line in _lines(log)[before:]]
+        segments.append(Segment(interrupted, calls, done_lines, after))
+    _check_segments(cell, seed, segments, every)
+    if done_log is not None:
+        extra = len(_lines(done_log)) - 1 - unrecorded_done
+        cell.add("duplicates", seed, f"done() ran {extra} more times", max(extra, 0))
+        if extra < 0:
+            cell.add("lost", seed, "done() never ran")
+
+
+def _sweeper_disk_trial(cell: Cell, seed: int, root: Path) -> None:
+    """One trial on a ``ParamSweeper``, in WAL or rollback-journal mode."""
+    rng = random.Random(seed)
+    directory = root / "sweeps"
+    wal = rng.random() < 0.5
+    elements = sweep({"i": range(DISK_ELEMENTS)})
+    ParamSweeper(directory, elements, save_sweeps=True, multi_host=not wal).close()
+    database, log = directory / "sweeper.sqlite", root / "calls.log"
+    reported = root / "reported.log"
+
+    def read() -> set[str]:
+        with ParamSweeper(directory) as sweeper:
+            return {str(e["i"]) for e in sweeper.get_done()}
+
+    done_before: set[str] = set()
+    for i in range(3):
+        before = len(_lines(log))
+        stop_after = rng.randint(1, DISK_ELEMENTS // 3) if i == 0 else 0
+        limit = _limit(database, wal, rng) if i == 1 else None
+        outcome = _disk_session(
+            cell, seed, root, DISK_SWEEPER_CHILD, i, stop_after, limit, database
+        )
+        if outcome is None:
+            return
+        mode = "WAL" if wal else "journal"
+        if i == 2 and outcome["state"] != "finished":
+            cell.add(
+                "unexpected", seed, f"{mode}: the last session ended {outcome['state']}"
+            )
+            return
+        done_after = _loaded(cell, seed, i, database, read)
+        if done_after is None:
+            return
+        assert isinstance(done_after, set)
+        got = _lines(log)[before:]
+        again = [e for e in got if e in done_before]
+        cell.add(
+            "duplicates",
+            seed,
+            f"{mode}: session {i}: handed out once done {again}",
+            len(again),
+        )
+        twice = [e for e, k in collections.Counter(got).items() if k > 1]
+        cell.add(
+            "duplicates",
+            seed,
+            f"{mode}: session {i}: handed out twice {twice}",
+            len(twice),
+        )
+        lost = (set(_lines(reported)) | done_before) - done_after
+        cell.add(
+            "lost", seed, f"{mode}: session {i}: done lost {sorted(lost)}", len(lost)
+        )
+        done_before = done_after
+    missing = {str(i) for i in range(DISK_ELEMENTS)} - done_before
+    cell.add("lost", seed, f"never done {sorted(missing)}", len(missing))
+
+
+def disk_full(
+    front: str,
+    trials: int,
+    seed: int,
+    backend: str = "loky",
+    big: bool | None = None,
+) -> Cell:
+    """The disk fills up mid-run: the run stops with a ``StoreError`` naming
+    the database and the failed write, the store loads with everything
+    committed before, and a resumed run finishes, losing and repeating
+    nothing recorded. ``backend`` runs the tasks of a task graph or an
+    experiment (``"inline"``: faster, no worker processes); ``big`` forces
+    (or rules out) the task graph's big results, else half the trials have
+    them."""
+    cell = Cell(struck=0)
+    for trial_seed in _seeds(seed, f"disk-full-{front}", trials):
+        with _workdir() as root:
+            cell.trials += 1
+            if front == "sweeper":
+                trial = lambda r=root, s=trial_seed: _sweeper_disk_trial(cell, s, r)
+            else:
+                trial = lambda r=root, s=trial_seed: _disk_full_trial(
+                    cell, s, r, front, backend, big
+                )
+            _guard(cell, trial_seed, trial)
+    return cell
+
+
 # -- the table -------------------------------------------------------------------
 
 
@@ -1078,23 +1509,43 @@ def _guard(cell: Cell, seed: int, trial: Callable[[], None]) -> None:
         cell.add("unexpected", seed, f"{_short(exc)}\n{traceback.format_exc()}")
 
 
-def cells(trials: int, seed: int, fast: bool = False) -> dict[tuple[str, str], Cell]:
-    """Every fault on every front end it applies to; ``fast`` caps the
-    trials of the slow SIGKILL and lock rows at ``trials``."""
+#: The faults of the table, in its order; ``--fault`` picks some.
+FAULTS = ["sigkill", *WORKER_FAULTS, "store-damage", "locked", "disk-full"]
+
+
+def cells(
+    trials: int,
+    seed: int,
+    fast: bool = False,
+    only: list[str] | None = None,
+) -> dict[tuple[str, str], Cell]:
+    """Every fault (or those in ``only``) on every front end it applies to;
+    ``fast`` caps the trials of the slow SIGKILL and lock rows at
+    ``trials``."""
+    wanted = set(FAULTS if only is None else only)
     table: dict[tuple[str, str], Cell] = {}
-    table["sigkill", "taskgraph"] = sigkill_taskgraph(trials, seed)
-    table["sigkill", "experiment"] = sigkill_experiment(trials, seed)
-    table["sigkill", "sweeper"] = sigkill_sweeper(trials, seed)
+    if "sigkill" in wanted:
+        table["sigkill", "taskgraph"] = sigkill_taskgraph(trials, seed)
+        table["sigkill", "experiment"] = sigkill_experiment(trials, seed)
+        table["sigkill", "sweeper"] = sigkill_sweeper(trials, seed)
     small = trials if fast else max(2, trials // 10)
     for fault in WORKER_FAULTS:
+        if fault not in wanted:
+            continue
         table[fault, "taskgraph"] = worker_faults_taskgraph(fault, small, seed)
         if fault != "timeout":  # experiments and Boss sets have no timeout
             table[fault, "experiment"] = worker_faults_experiment(fault, small, seed)
             table[fault, "boss"] = worker_faults_boss(fault, small, seed)
-    for front in ("taskgraph", "experiment", "sweeper"):
-        table["store-damage", front] = store_damage(front, trials, seed)
-    for front in ("taskgraph", "experiment"):
-        table["locked", front] = locked(front, small, seed)
+    if "store-damage" in wanted:
+        for front in ("taskgraph", "experiment", "sweeper"):
+            table["store-damage", front] = store_damage(front, trials, seed)
+    if "locked" in wanted:
+        for front in ("taskgraph", "experiment"):
+            table["locked", front] = locked(front, small, seed)
+    if "disk-full" in wanted and resource is not None:
+        # A Boss writes nothing: no disk to fill.
+        for front in ("taskgraph", "experiment", "sweeper"):
+            table["disk-full", front] = disk_full(front, trials, seed)
     return table
 
 
@@ -1128,15 +1579,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--fault",
+        action="append",
+        choices=FAULTS,
+        help="run only this fault (repeat for several); default: all",
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     # The Boss logs each failed worker: here the failures are the point.
     logging.getLogger("alma_dag").setLevel(logging.CRITICAL)
     print(f"seed {seed} (replay with --seed {seed})", flush=True)
     started = time.monotonic()
-    table = cells(args.trials, seed)
+    table = cells(args.trials, seed, only=args.fault)
     print(format_table(table))
     print(f"{time.monotonic() - started:.0f} s")
+    for (fault, front), c in table.items():
+        if c.struck is not None:
+            print(f"{fault} x {front}: the fault struck in {c.struck} of {c.trials}")
     for (fault, front), c in table.items():
         for note in c.notes:
             print(f"{fault} x {front}: {note}")

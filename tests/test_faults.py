@@ -52,3 +52,25 @@ def test_damaged_store_is_a_clear_error(front):
 @pytest.mark.parametrize("front", ["taskgraph", "experiment"])
 def test_second_process_is_refused(front):
     assert_clean(faults.locked(front, 2, SEED), 2)
+
+
+no_rlimit = pytest.mark.skipif(
+    faults.resource is None, reason="RLIMIT_FSIZE needs the resource module (POSIX)"
+)
+
+
+@no_rlimit
+@pytest.mark.parametrize("front", ["taskgraph", "experiment", "sweeper"])
+def test_full_disk_is_a_clear_error_and_loses_nothing(front):
+    # One trial, tasks run inline: a few seconds. The fault must strike.
+    cell = faults.disk_full(front, 1, SEED, backend="inline", big=False)
+    assert_clean(cell, 1)
+    assert cell.struck == 1, "the file-size limit was never reached"
+
+
+@no_rlimit
+def test_full_disk_with_results_larger_than_the_page_cache():
+    # The write fails inside the INSERT, and SQLite rolls back by itself:
+    # the StoreError must still say the disk failed.
+    cell = faults.disk_full("taskgraph", 1, SEED, backend="inline", big=True)
+    assert_clean(cell, 1)
