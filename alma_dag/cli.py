@@ -15,8 +15,9 @@ are not recorded: they are re-derived by interval partitioning). Both
 write a PNG with ``--gantt`` (matplotlib needed).
 
 ``--backend`` takes ``loky`` (the default), ``inline``, ``dask`` or a dask
-scheduler's address. ``run`` shows a progress bar; Ctrl-C stops the run cleanly (running calls
-are aborted, everything finished is kept) and a later ``run`` continues.
+scheduler's address. ``run`` shows a progress bar; Ctrl-C stops the run
+cleanly (running calls are aborted, everything finished is kept) and a
+later ``run`` continues.
 An ``AlmaDagError`` is printed as ``TypeName: message`` without a
 traceback and exits with status 2; any other exception is a bug and shows
 its traceback.
