@@ -40,6 +40,12 @@ alone, one at a time with nothing else in flight, so the task that kills
 its worker is found and fails with ``WorkerDied`` while the others succeed.
 A task past its timeout is stopped by killing the pool; the batches in
 flight beside it are run again.
+
+Memory: the ledger's bookkeeping of unfinished nodes is made when a run
+starts and only shrinks. Without a store every result stays in memory (it
+is the only copy). With one, a result leaves memory once it is committed and no
+unfinished task takes it as an input, and is read back from the store when
+asked for; times and attempt counts leave with the commit; failures stay.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,8 +100,15 @@ TASK_OVERHEAD_SECONDS = 5e-6
 #: begun running at all.
 _CLOCK_POLL = 0.02
 
-#: Stands for a result recorded by an earlier run; loaded when needed.
+#: Stands for the result of a finished node that is not kept in memory: it
+#: is committed to the store (by an earlier run, or by this one and no
+#: unfinished task needs it as an input), and loaded from there each time it
+#: is read, never cached.
 _STORED = object()
+
+#: A task with more inputs than this has them looked up in a set (made when
+#: first needed, dropped when it finishes) when results are let go.
+_SCANNED_INPUTS = 16
 
 #: Weight of the newest measurement in a function's duration estimate.
 _SMOOTHING = 0.3
@@ -200,9 +213,13 @@ class Ledger:
     positions: list[int]
     #: Per lane, how many of its batches are in flight.
     inflight: list[int]
-    #: Count of unfinished dependencies per unfinished node.
+    #: Count of unfinished dependencies per unfinished node: a node of the
+    #: graph is finished exactly when it is not in here.
     waiting: dict[Hashable, int]
-    #: Finished nodes and their results (values or ``Err``).
+    #: Results of finished nodes kept in memory (values or ``Err``): all of
+    #: them without a store. With one, a value leaves once it is committed
+    #: and no unfinished node takes it as an input (``Dispatcher._let_go``);
+    #: failures stay.
     results: dict[Hashable, Any]
     #: Nodes in flight.
     running: set[Hashable] = field(default_factory=set)
@@ -211,23 +228,35 @@ class Ledger:
     #: Nodes that must run alone with nothing else in flight (their batch
     #: was lost with a dead worker).
     suspects: set[Hashable] = field(default_factory=set)
-    #: Attempts made so far per node, for retries.
+    #: Attempts made so far per unfinished node, for retries (a finished
+    #: node's count is dropped once it is recorded in the store, if any).
     attempts: dict[Hashable, int] = field(default_factory=dict)
+    #: Per finished node whose value is kept for its dependents: how many
+    #: unfinished dependents take it as an input (with a store only).
+    consumers: dict[Hashable, int] = field(default_factory=dict)
+    #: The inputs, as a set, of unfinished tasks with many of them.
+    input_sets: dict[Hashable, frozenset] = field(default_factory=dict)
 
 
 def start_ledger(
     graph: TaskGraph, plan: Plan, results: Mapping[Hashable, Any]
 ) -> Ledger:
-    """A ledger for running ``plan``; ``results`` holds nodes already done."""
-    done = dict(results)
+    """A ledger for running ``plan``; ``results`` holds the nodes already
+    done, each with its result or ``_STORED`` (then not kept in memory).
+
+    Every other node of the graph waits; one that ``plan`` does not hold
+    can never start (the dispatcher then says so), rather than pass for
+    finished.
+    """
     waiting = {}
     task = graph.task
-    for lane in plan.lanes:
-        for node in lane:
-            waiting[node] = sum(1 for d in task(node).dependencies if d not in done)
+    for node in graph:
+        if node not in results:
+            waiting[node] = sum(1 for d in task(node).dependencies if d not in results)
+    kept = {n: r for n, r in results.items() if r is not _STORED}
     n = len(plan.lanes)
     return Ledger(
-        graph, [list(lane) for lane in plan.lanes], [0] * n, [0] * n, waiting, done
+        graph, [list(lane) for lane in plan.lanes], [0] * n, [0] * n, waiting, kept
     )
 
 
@@ -238,12 +267,12 @@ def is_ready(ledger: Ledger, node: Hashable) -> bool:
 
 def _head_index(ledger: Ledger, lane: int) -> int:
     """Index of the lane's first node neither finished nor in flight."""
-    nodes, pos, results = ledger.lanes[lane], ledger.positions[lane], ledger.results
-    while pos < len(nodes) and nodes[pos] in results:
+    nodes, pos, waiting = ledger.lanes[lane], ledger.positions[lane], ledger.waiting
+    while pos < len(nodes) and nodes[pos] not in waiting:
         pos += 1
     ledger.positions[lane] = pos
     running = ledger.running
-    while pos < len(nodes) and (nodes[pos] in running or nodes[pos] in results):
+    while pos < len(nodes) and (nodes[pos] in running or nodes[pos] not in waiting):
         pos += 1
     return pos
 
@@ -300,19 +329,19 @@ def claim_batch(
 
 def _extend(ledger, batch, nodes, pos, estimate, budget) -> None:
     """Add to ``batch`` the following nodes that can run after it."""
-    results, running, task = ledger.results, ledger.running, ledger.graph.task
+    waiting, running, task = ledger.waiting, ledger.running, ledger.graph.task
     members = set(batch)
     spent = estimate(batch[0])
     while pos < len(nodes) and len(batch) < MAX_BATCH_TASKS:
         node = nodes[pos]
         pos += 1
-        if node in results or node in running:
+        if node not in waiting or node in running:
             continue
         spent += estimate(node)
         if spent > budget or _runs_alone(ledger, node):
             return
         needed = task(node).dependencies
-        if needed and not all(d in results or d in members for d in needed):
+        if needed and not all(d not in waiting or d in members for d in needed):
             return
         batch.append(node)
         members.add(node)
@@ -344,10 +373,10 @@ def finish(ledger: Ledger, node: Hashable, result: Any) -> list[Hashable]:
     )
     while stack:
         node, result = stack.pop()
-        if node in results:
-            continue
+        if node not in waiting:
+            continue  # finished already
         results[node] = result
-        waiting.pop(node, None)
+        del waiting[node]
         finished.append(node)
         failed = isinstance(result, Err)
         for dependent in dependents(node):
@@ -410,7 +439,9 @@ class Dispatcher:
     store : Store, optional
         Where finished nodes are recorded. Nodes it records done are not
         run again, and each batch of finished nodes is committed before
-        their dependents are handed out. Node ids must be strings.
+        their dependents are handed out. Committed results that no
+        unfinished task needs are not kept in memory: ``results`` reads
+        them back from the store. Node ids must be strings.
 
     Raises
     ------
@@ -480,18 +511,22 @@ class Dispatcher:
         self._backend = get_backend(backend)
         self._next_plan = plan
         self._callbacks = list(callbacks)
-        # _lock guards: _state, _results, the ledger's changes, the claim
-        # point, and _started.
+        # _lock guards: _state, the ledger's changes (its results among
+        # them), the claim point, and _started.
         self._lock = threading.RLock()
         self._state = RunState.PENDING
         self._state_changed = threading.Condition(self._lock)
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._results: dict[Hashable, Any] = {}
+        # The last start's bookkeeping; its results are the finished ones.
         self._ledger: Ledger | None = None
         self.plan: Plan | None = None
-        #: (start, finish) wall-clock seconds of each finished task.
-        self.timings: dict[Hashable, tuple[float, float]] = {}
+        # (start, finish) of finished tasks: all of them without a store;
+        # with one, only those not yet committed (see the timings property).
+        self._timings: dict[Hashable, tuple[float, float]] = {}
+        # Tasks timed, their seconds and their planned cost, for the ETA.
+        self._timed = 0
+        self._measured = self._measured_cost = 0.0
         self._speed: dict[int, float] = {}
         self._inflight: dict[int, _InFlight] = {}
         self._batch_ids = 0
@@ -631,23 +666,86 @@ class Dispatcher:
 
     @property
     def results(self) -> dict[Hashable, Any]:
-        """A copy of the finished results by node id (``Err`` for failures);
-        results recorded by an earlier run are loaded from the store."""
+        """A copy of the finished results by node id (``Err`` for failures).
+
+        With a store, a result is kept in memory only while an unfinished
+        task needs it; the others are loaded from the store here (so keep
+        the store open to read them).
+        """
         with self._lock:
-            return {node: self._result(node) for node in self._results}
+            ledger = self._ledger
+            if ledger is None:
+                return {}
+            if self.store is None:  # every result is in memory
+                return dict(ledger.results)
+            kept, waiting = ledger.results, ledger.waiting
+            finished = {n: kept.get(n, _STORED) for n in self.graph if n not in waiting}
+        load = self.store.result  # outside the lock: the run goes on meanwhile
+        return {
+            node: load(node) if result is _STORED else result
+            for node, result in finished.items()
+        }
+
+    @property
+    def _results(self) -> Mapping[Hashable, Any]:
+        """The finished nodes and their results, as a read-only mapping that
+        loads from the store the results not kept in memory."""
+        return _Results(self)
+
+    def _is_finished(self, node: Hashable) -> bool:
+        ledger = self._ledger
+        return ledger is not None and node in self.graph and node not in ledger.waiting
 
     def _result(self, node: Hashable) -> Any:
-        result = self._results[node]
+        """The result of finished ``node``, loaded from the store when it is
+        not in memory (and not kept there after: memory stays flat)."""
+        ledger = self._ledger
+        result = _STORED if ledger is None else ledger.results.get(node, _STORED)
         if result is _STORED:
-            result = self._results[node] = self.store.result(node)
+            if self.store is None or not self._is_finished(node):
+                raise KeyError(node)
+            return self.store.result(node)
         return result
+
+    def _failures(self) -> dict[Hashable, Err]:
+        """The finished nodes that failed, with their ``Err`` (always kept in
+        memory: no store read)."""
+        with self._lock:
+            ledger = self._ledger
+            results = ledger.results if ledger is not None else {}
+            return {n: r for n, r in results.items() if isinstance(r, Err)}
+
+    def _count_finished(self) -> tuple[int, int]:
+        """How many nodes finished, and how many of them failed."""
+        ledger = self._ledger
+        if ledger is None:
+            return 0, 0
+        failed = sum(1 for r in ledger.results.values() if isinstance(r, Err))
+        return len(self.graph) - len(ledger.waiting), failed
+
+    @property
+    def timings(self) -> dict[Hashable, tuple[float, float]]:
+        """``(start, finish)`` wall-clock seconds of each finished task.
+
+        Without a store, the dispatcher keeps them all; with one, they are
+        read from the store (``Store.timings``), which also holds the times
+        of this graph's tasks recorded by earlier runs.
+        """
+        if self.store is None:
+            return self._timings
+        with self._lock:
+            pending = dict(self._timings)
+        graph = self.graph
+        timings = {n: t for n, t in self.store.timings().items() if n in graph}
+        timings.update(pending)
+        return timings
 
     def progress(self) -> Progress:
         """A ``Progress`` snapshot; safe from any thread."""
         with self._lock:
             total = len(self.graph)
-            failed = sum(1 for r in self._results.values() if isinstance(r, Err))
-            done = len(self._results) - failed
+            finished, failed = self._count_finished()
+            done = finished - failed
             elapsed = time.monotonic() - self._started if self._started else 0.0
             return Progress(
                 self._state,
@@ -661,16 +759,12 @@ class Dispatcher:
             )
 
     def _eta(self) -> float | None:
-        if self.plan is None or not self.timings:
+        if self.plan is None or not self._timed:
             return None
-        measured = planned = 0.0
-        for node, (start, end) in self.timings.items():
-            measured += end - start
-            planned += self.graph.task(node).cost
-        remaining = sum(
-            self.graph.task(n).cost for n in self.plan.entries if n not in self._results
-        )
-        rate = measured / planned if planned else 0.0
+        task, waiting = self.graph.task, self._ledger.waiting
+        remaining = sum(task(n).cost for n in self.plan.entries if n in waiting)
+        planned = self._measured_cost
+        rate = self._measured / planned if planned else 0.0
         return remaining * rate / self.workers
 
     def gantt(self, **kwargs: Any) -> Any:
@@ -689,7 +783,7 @@ class Dispatcher:
         return dispatcher_html(self)
 
     def __repr__(self) -> str:
-        done = f"{len(self._results)}/{len(self.graph)}"
+        done = f"{self._count_finished()[0]}/{len(self.graph)}"
         return f"<Dispatcher {self._state.value}: {done} tasks>"
 
     # -- the dispatcher thread -----------------------------------------------
@@ -718,14 +812,14 @@ class Dispatcher:
 
     def _prepare(self) -> None:
         with self._lock:
-            self._results = {
-                n: r for n, r in self._results.items() if not isinstance(r, Err)
-            }
-            done = self._results
+            # done: what finished before (failures run again), and with a
+            # store what it records done, not kept in memory then.
+            kept = self._ledger.results if self._ledger is not None else {}
+            done = {n: r for n, r in kept.items() if not isinstance(r, Err)}
             if self.store is not None:
                 recorded = self.store.done_ids()
                 for node in self.graph:
-                    if node in recorded and node not in done:
+                    if node in recorded:
                         done[node] = _STORED
         plan = self._next_plan
         self._next_plan = None
@@ -736,7 +830,6 @@ class Dispatcher:
         with self._lock:
             self.plan = plan
             self._ledger = start_ledger(self.graph, plan, done)
-            self._results = self._ledger.results
             self._started = time.monotonic()
         self._backend.open(self.workers, self._events.put, self.store)
 
@@ -752,7 +845,7 @@ class Dispatcher:
             and not self._inflight
             and is_complete(self._ledger)
         ):
-            failed = any(isinstance(r, Err) for r in self._results.values())
+            failed = any(isinstance(r, Err) for r in self._ledger.results.values())
             self._transition(RunState.FAILED if failed else RunState.FINISHED)
             return True
         return False
@@ -812,7 +905,8 @@ class Dispatcher:
         heads.sort(key=lambda head: head[:2])
         pending = [self.instructions(node) for _, _, node in heads]
         running = [self.instructions(node) for node in ledger.running]
-        launchable, _ = self.scheduler.launchable(pending, running, self._results)
+        report = ledger.results if self.store is None else _Results(self)
+        launchable, _ = self.scheduler.launchable(pending, running, report)
         admitted = {id(instructions) for instructions in launchable}
         started: list[Hashable] = []
         for (_, lane, _node), instructions in zip(heads, pending, strict=True):
@@ -919,12 +1013,14 @@ class Dispatcher:
 
     def _settle(self, finished: list[Hashable]) -> None:
         """Commit finished nodes to the store -- before the next claim hands
-        out their dependents -- then tell the callbacks."""
+        out their dependents -- then tell the callbacks, then (with a store)
+        let go of what no unfinished task needs."""
         if not finished:
             return
+        attempts = self._ledger.attempts
         if self.store is not None:
-            attempts, timings = self._ledger.attempts, self.timings
-            results, untimed = self._results, (None, None)
+            results, timings = self._ledger.results, self._timings
+            untimed = (None, None)
             self.store.record(
                 NodeRecord(
                     node,
@@ -934,9 +1030,62 @@ class Dispatcher:
                 )
                 for node in finished
             )
+            for node in finished:  # committed: read from the store now
+                timings.pop(node, None)
+        for node in finished:
+            attempts.pop(node, None)
         if self._callbacks:
             for node in finished:
-                self._call("on_task_done", node, self._results.get(node))
+                self._call("on_task_done", node, self._ledger.results.get(node))
+        if self.store is not None:
+            self._let_go(finished)
+
+    def _let_go(self, finished: list[Hashable]) -> None:
+        """Let go of the committed results no unfinished task takes as an
+        input: the inputs of ``finished`` whose last consumer this was, and
+        each of ``finished`` that no unfinished dependent needs (the others
+        get a count of their consumers). They are read from the store from
+        now on. A failure (an ``Err``) stays in memory."""
+        ledger = self._ledger
+        consumers, waiting, results = ledger.consumers, ledger.waiting, ledger.results
+        task, dependents = self.graph.task, self.graph.dependents
+        input_sets = ledger.input_sets
+        unneeded = []
+        if consumers:
+            for node in finished:
+                for needed in task(node).inputs:
+                    left = consumers.get(needed)
+                    if left is None:
+                        continue
+                    if left > 1:
+                        consumers[needed] = left - 1
+                    else:
+                        del consumers[needed]
+                        unneeded.append(needed)
+        if input_sets:
+            for node in finished:
+                input_sets.pop(node, None)
+        for node in finished:
+            count = 0
+            for dependent in dependents(node):
+                if dependent not in waiting:
+                    continue
+                inputs = task(dependent).inputs
+                if len(inputs) > _SCANNED_INPUTS:
+                    inputs = input_sets.get(dependent)
+                    if inputs is None:
+                        inputs = frozenset(task(dependent).inputs)
+                        input_sets[dependent] = inputs
+                if node in inputs:
+                    count += 1
+            if count:
+                consumers[node] = count
+            else:
+                unneeded.append(node)
+        with self._lock:
+            for node in unneeded:
+                if not isinstance(results[node], Err):
+                    del results[node]
 
     def _record(self, flight: _InFlight, outcomes) -> list[Hashable]:
         ledger = self._ledger
@@ -947,7 +1096,10 @@ class Dispatcher:
             if isinstance(result, Err) and ledger.attempts[node] <= task.retries:
                 continue  # released below, it is the lane's next task again
             ledger.suspects.discard(node)
-            self.timings[node] = (start, end)
+            self._timings[node] = (start, end)
+            self._timed += 1
+            self._measured += end - start
+            self._measured_cost += task.cost
             finished += finish(ledger, node, result)
         release(ledger, flight.lane, flight.nodes)
         return finished
@@ -1051,6 +1203,37 @@ class Dispatcher:
                 getattr(callbacks, hook)(*args)
             except Exception:
                 logger.exception("alma_dag callback %s failed", hook)
+
+
+class _Results(Mapping):
+    """A read-only view of a dispatcher's finished nodes and their results
+    (for a scheduler's report, and ``ExperimentRun``): a result not kept in
+    memory is loaded from the store each time it is read."""
+
+    __slots__ = ("_dispatcher",)
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+
+    def __getitem__(self, node: Hashable) -> Any:
+        return self._dispatcher._result(node)
+
+    def __contains__(self, node: object) -> bool:
+        return self._dispatcher._is_finished(node)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        dispatcher = self._dispatcher
+        with dispatcher._lock:
+            ledger = dispatcher._ledger
+            if ledger is None:
+                return iter(())
+            if dispatcher.store is None:
+                return iter(list(ledger.results))
+            waiting = ledger.waiting
+            return iter([n for n in dispatcher.graph if n not in waiting])
+
+    def __len__(self) -> int:
+        return self._dispatcher._count_finished()[0]
 
 
 def _task_error(node: Hashable, error: BaseException) -> BaseException:

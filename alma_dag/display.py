@@ -83,7 +83,8 @@ def dispatcher_html(dispatcher: Dispatcher, *, max_failures: int = 5) -> str:
         f"elapsed {_duration(progress.elapsed)}, ETA {_duration(progress.eta)}",
     ]
     if progress.failed:
-        failures = [(n, r) for n, r in dispatcher.results.items() if _is_err(r)]
+        # in memory: no store read, however many results the store holds
+        failures = list(dispatcher._failures().items())
         rows = [(_node(n), _first_line(r)) for n, r in failures[:max_failures]]
         parts.append(_table(("failed task", "error"), rows, len(failures), failed=1))
     parts.append("</div>")

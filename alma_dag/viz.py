@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 import numpy as np
 
-from .errors import Err, InvalidStateError
+from .errors import InvalidStateError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -176,8 +176,7 @@ def run_gantt(
         )
     lanes = plan.n_processes
     figure, (planned, actual) = _figure_and_axes(ax, 2, lanes)
-    results = dispatcher.results
-    failed = {node for node, result in results.items() if isinstance(result, Err)}
+    failed = set(dispatcher._failures())  # in memory, unlike the results
     timings = {n: t for n, t in dict(dispatcher.timings).items() if n in plan.entries}
     first = min((start for start, _ in timings.values()), default=0.0)
     ran = _Bars(

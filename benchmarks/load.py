@@ -10,18 +10,20 @@ Two checks, each run once (issue 7, item 3):
    the task count, over the second half of the samples, in bytes per task,
    must stay under ``--max-slope``.
 
-   The dispatcher keeps every result (``results``), every task's
-   ``(start, finish)`` (``timings``) and its attempt count in memory by
-   design, so the raw RSS slope is positive: about 360 bytes per task here
-   for a small int result, most of it dicts doubling their capacity (each of
-   the three resizes once, at ~43,700 entries, inside the second half).
-   The sampler therefore also measures what is kept by design at each
-   sample (``sys.getsizeof`` of those dicts, the results and the tuples),
-   and the check is on the slope of RSS minus that: -45 to 163 bytes per
-   task (7 runs, mostly ~70) of allocator and SQLite page-cache noise
-   here, limit ``--max-slope`` 200.
-   A real leak (a batch, an outcome, a pickled payload or a row kept per
-   task) would be hundreds of bytes to kilobytes per task.
+   With a store, the dispatcher keeps in memory only the results an
+   unfinished task still needs (none here), the times and attempt counts
+   of tasks not yet committed, and failures; what is committed is read
+   back from the store when asked for (``results`` after the run). Its
+   per-node bookkeeping is allocated when the run starts and only shrinks,
+   so the raw RSS slope should be near zero: a few bytes per task here
+   (before results were let go, when every result, timing and attempt
+   count stayed in memory, it was ~230-370 bytes per task, most of it
+   dicts doubling their capacity). The sampler also measures what the
+   dispatcher keeps by design at each sample (``sys.getsizeof`` of its
+   dicts and of the results they hold in memory), and the check is on the
+   slope of RSS minus that, limit ``--max-slope`` 200. A real leak (a
+   batch, an outcome, a pickled payload or a row kept per task) would be
+   hundreds of bytes to kilobytes per task.
 
 2. ``--sweepers`` processes started together, each draining one
    ``ParamSweeper`` directory of ``--combinations`` elements (created once by
@@ -67,7 +69,6 @@ class RssSampler(ad.Callbacks):
     def __init__(self, every: int) -> None:
         self.every = every
         self.done = 0
-        self.result_bytes = 0
         #: (tasks finished, rss bytes, bytes kept by design)
         self.samples: list[tuple[int, int, int]] = []
         self._process = psutil.Process()
@@ -78,27 +79,26 @@ class RssSampler(ad.Callbacks):
 
     def on_task_done(self, node, result) -> None:
         self.done += 1
-        self.result_bytes += sys.getsizeof(result)
         if self.done % self.every == 0:
             rss = self._process.memory_info().rss
             self.samples.append((self.done, rss, self.kept()))
 
     def kept(self) -> int:
-        """Bytes the dispatcher keeps per finished task by design: the
-        result (and its slot in the results dict), the ``(start, finish)``
-        tuple of floats in ``timings`` (and its slot), and the slot of the
-        attempt counter. Dicts grow by doubling, so their ``getsizeof``
-        (allocated capacity, not the slots used) jumps at each resize, as
-        the RSS does. Reads private attributes: a benchmark's licence."""
+        """Bytes the dispatcher keeps by design: its dicts of results kept
+        in memory, timings, attempt counts and consumer counts, and the
+        results and ``(start, finish)`` tuples they hold. Dicts grow by
+        doubling, so their ``getsizeof`` (allocated capacity, not the slots
+        used) jumps at each resize, as the RSS does. Reads private
+        attributes: a benchmark's licence."""
         d = self._dispatcher
-        ledger = getattr(d, "_ledger", None)
-        dicts = [getattr(d, "_results", {}), d.timings]
-        if ledger is not None:
-            dicts.append(ledger.attempts)
+        ledger = d._ledger
+        timings = d._timings
+        dicts = [ledger.results, ledger.attempts, ledger.consumers, timings]
+        per_timing = sys.getsizeof((0.0, 0.0)) + 2 * sys.getsizeof(0.0)
         return (
             sum(sys.getsizeof(x) for x in dicts)
-            + self.result_bytes
-            + self.done * (sys.getsizeof((0.0, 0.0)) + 2 * sys.getsizeof(0.0))
+            + sum(sys.getsizeof(r) for r in ledger.results.values())
+            + len(timings) * per_timing
         )
 
 
@@ -120,17 +120,21 @@ def many_tasks(n: int, every: int, directory: Path) -> dict:
         graph.add(f"t{i}", square, (i,))
     sampler = RssSampler(every)
     store = ad.Store(directory)
-    start = time.perf_counter()
     try:
+        start = time.perf_counter()
         dispatcher = ad.Dispatcher(
             graph, workers=WORKERS, store=store, callbacks=[sampler]
         )
         state = dispatcher.run()
+        seconds = time.perf_counter() - start
+        kept_at_end = len(dispatcher._ledger.results)
+        # read back from the store: the dispatcher no longer holds them
+        read = time.perf_counter()
+        results = dispatcher.results
+        read = time.perf_counter() - read
     finally:
         store.close()
-    seconds = time.perf_counter() - start
     assert state is ad.RunState.FINISHED, state
-    results = dispatcher.results
     wrong = [i for i in range(n) if results.get(f"t{i}") != i * i]
     assert not wrong, f"{len(wrong)} wrong or missing results, first t{wrong[0]}"
     with ad.Store(directory, readonly=True) as reader:
@@ -142,6 +146,9 @@ def many_tasks(n: int, every: int, directory: Path) -> dict:
     return {
         "tasks": n,
         "seconds": seconds,
+        # results the dispatcher still holds in memory at the end
+        "kept_at_end": kept_at_end,
+        "read_seconds": read,
         "samples": sampler.samples,
         # bytes per task, least squares over the second half of the samples
         "slope": slope([(done, rss) for done, rss, _ in second_half]),
@@ -278,6 +285,10 @@ def main() -> None:
         print(
             f"   unexplained (RSS - kept): {r['unexplained_slope']:.0f} "
             f"bytes/task (limit {args.max_slope:.0f})"
+        )
+        print(
+            f"   results held in memory at the end: {r['kept_at_end']:,}; "
+            f"results read back from the store in {r['read_seconds']:.2f} s"
         )
         assert r["unexplained_slope"] < args.max_slope, "memory grows per task"
 

@@ -333,3 +333,177 @@ class TestValidation:
         p = d.progress()
         assert (p.total, p.done, p.failed, p.running, p.pending) == (6, 5, 1, 0, 0)
         assert p.state is RunState.FAILED
+
+
+def diamond_and_more(g=None):
+    """
+    a ──► b ──► d ──► e        f alone; g waits for a without its result
+      └─► c ──┘                (after=); e takes a too.
+    """
+    g = TaskGraph()
+    a = g.add("a", abs, (-2,))
+    b = g.add("b", pow, (a, 2))
+    c = g.add("c", pow, (a, 3))
+    d = g.add("d", lambda x, y: x + y, (b, c))
+    g.add("e", lambda x, y: x * y, (d, a))
+    g.add("f", abs, (-7,))
+    g.add("g", abs, (-1,), after=["a"])
+    expected = {"a": 2, "b": 4, "c": 8, "d": 12, "e": 24, "f": 7, "g": 1}
+    return g, expected
+
+
+class InputsInMemory(ad.Callbacks):
+    """Checks, each time a task finishes, that every finished input of an
+    unfinished task is still in the dispatcher's memory (a callback's
+    exception is only logged: the misses are collected instead)."""
+
+    def __init__(self):
+        self.dispatcher = None
+        self.checks = 0
+        self.missed = []
+
+    def on_start(self, dispatcher):
+        self.dispatcher = dispatcher
+
+    def on_task_done(self, node, result):
+        ledger = self.dispatcher._ledger
+        for waiting in ledger.waiting:
+            for needed in ledger.graph.task(waiting).inputs:
+                if needed not in ledger.waiting:
+                    self.checks += 1
+                    if needed not in ledger.results:
+                        self.missed.append((waiting, needed))
+
+
+class TestLettingGo:
+    """With a store, a committed result leaves memory once no unfinished
+    task needs it; reading it loads it from the store."""
+
+    @pytest.mark.parametrize("workers", [1, 3])
+    def test_committed_results_leave_memory_yet_read_back(self, tmp_path, workers):
+        g, expected = diamond_and_more()
+        watch = InputsInMemory()
+        with ad.Store(tmp_path / "run.alma") as store:
+            d = Dispatcher(
+                g, workers=workers, backend="inline", store=store, callbacks=[watch]
+            )
+            assert d.run() is RunState.FINISHED
+            ledger = d._ledger
+            # nothing kept per task: results, attempts, timings all let go
+            assert ledger.results == {}
+            assert ledger.attempts == ledger.consumers == ledger.input_sets == {}
+            assert d._timings == {}
+            # yet everything reads back, from the store, every time
+            assert d.results == expected
+            assert d.results == expected
+            assert ledger.results == {}
+            assert set(d.timings) == set(expected) == set(store.timings())
+            assert "e" in d._results and d._results["e"] == 24
+            assert len(d._results) == len(expected) and dict(d._results) == expected
+            p = d.progress()
+            assert (p.done, p.failed, p.pending) == (7, 0, 0)
+            assert p.eta is not None
+            assert repr(d) == "<Dispatcher finished: 7/7 tasks>"
+        assert watch.checks > 0 and watch.missed == []
+
+    def test_without_store_nothing_is_let_go(self):
+        g, expected = diamond_and_more()
+        d = Dispatcher(g, workers=2, backend="inline")
+        assert d.run() is RunState.FINISHED
+        assert d._ledger.results == expected
+        assert d.results == expected
+        assert set(d.timings) == set(expected)
+
+    def test_a_retried_consumer_still_receives_its_input(self, tmp_path):
+        """b fails once and runs again: a, its input, stays in memory until
+        b is finished (the inline backend runs b in the dispatcher's own
+        thread, so b can look)."""
+        seen = []
+
+        def once_failing(x):
+            seen.append("a" in d._ledger.results)
+            if len(seen) == 1:
+                raise RuntimeError("first attempt")
+            return x + 1
+
+        g = TaskGraph()
+        a = g.add("a", abs, (-1,))
+        g.add("b", once_failing, (a,), retries=1)
+        with ad.Store(tmp_path / "run.alma") as store:
+            d = Dispatcher(g, backend="inline", store=store)
+            assert d.run() is RunState.FINISHED
+            assert seen == [True, True]
+            assert d.results == {"a": 1, "b": 2}
+            assert d._ledger.results == {}
+
+    def test_next_start_loads_inputs_from_the_store(self, tmp_path):
+        """b fails; a, its input, leaves memory; the next start runs b again
+        with a's result read back from the store."""
+        flag = tmp_path / "ok"
+
+        def needs_flag(x):
+            if not flag.exists():
+                raise RuntimeError("not yet")
+            return x * 10
+
+        g = TaskGraph()
+        a = g.add("a", abs, (-3,))
+        g.add("b", needs_flag, (a,))
+        with ad.Store(tmp_path / "run.alma") as store:
+            d = Dispatcher(g, backend="inline", store=store)
+            assert d.run() is RunState.FAILED
+            # the failure stays in memory; a is only in the store
+            assert list(d._ledger.results) == ["b"]
+            assert d._failures().keys() == {"b"}
+            assert d.results["a"] == 3
+            assert "failed task" in d._repr_html_()
+            flag.touch()
+            assert d.run() is RunState.FINISHED
+            assert d.results == {"a": 3, "b": 30}
+            assert d._ledger.results == {}
+
+    def test_failures_stay_in_memory(self, tmp_path):
+        g = TaskGraph()
+        a = g.add("a", lambda: 1 / 0)
+        g.add("b", abs, (a,))
+        g.add("c", abs, (-1,))
+        with ad.Store(tmp_path / "run.alma") as store:
+            d = Dispatcher(g, workers=2, backend="inline", store=store)
+            assert d.run() is RunState.FAILED
+            assert set(d._ledger.results) == {"a", "b"}
+            results = d.results
+            assert results["a"].err_type is ZeroDivisionError
+            assert results["b"].err_type is ad.DependencyError
+            assert results["c"] == 1
+            p = d.progress()
+            assert (p.done, p.failed) == (1, 2)
+
+    def test_a_scheduler_reads_values_not_markers(self, tmp_path):
+        from alma_dag.schedulers import BaseScheduler
+
+        class Peek(BaseScheduler):
+            def __init__(self):
+                self.seen = {}
+
+            def launchable(self, pending, workers, report):
+                for node in report:
+                    self.seen[node] = report[node]
+                return list(pending), []
+
+        g, expected = diamond_and_more()
+        peek = Peek()
+        with ad.Store(tmp_path / "run.alma") as store:
+            d = Dispatcher(g, workers=2, backend="inline", store=store, scheduler=peek)
+            assert d.run() is RunState.FINISHED
+            assert d._ledger.results == {}
+        assert peek.seen and all(expected[n] == v for n, v in peek.seen.items())
+
+    def test_a_second_dispatcher_on_the_store_keeps_nothing(self, tmp_path):
+        g, expected = diamond_and_more()
+        with ad.Store(tmp_path / "run.alma") as store:
+            Dispatcher(g, backend="inline", store=store).run()
+            again = Dispatcher(g, backend="inline", store=store)
+            assert again.run() is RunState.FINISHED
+            assert again._ledger.results == {}
+            assert again.results == expected
+            assert again.progress().done == len(expected)
