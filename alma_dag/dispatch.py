@@ -33,6 +33,15 @@ alone. While a lane's batch runs, the lane may prefetch one more batch of
 tasks that are already ready, which waits in the pool's queue and so
 hides the round trip to a worker.
 
+Chaining: with a backend that ``chains`` (dask, whose round trip through
+the scheduler is ~10 ms), a task is also handed out while its unfinished
+dependencies run, in batches it is chained to (``Batch.after``), and a
+lane keeps up to ``CHAINED_DEPTH`` batches in flight. An outcome that
+comes back before that of a batch it was chained to waits for it, so a
+node is still never recorded before its dependencies; a chained batch
+lost with its upstream one runs again without being suspected. Nothing is
+chained to, or chained as, a task that runs alone (timeout or retries).
+
 Failures: a task's exception is its result (an ``Err``); its dependents get
 ``Err(DependencyError)`` at once, without running. When a worker dies, every
 task of the batches it took down becomes a *suspect*; suspects then run
@@ -56,7 +65,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +97,10 @@ TARGET_BATCH_SECONDS = 0.005
 #: expected to take at most this many seconds; for longer tasks the round
 #: trip saved is negligible, and a queued batch would only look "running".
 PREFETCH_SECONDS = 0.1
+
+#: Batches in flight per lane with a backend that chains: those queued on
+#: the cluster hold no worker, and each hides one round trip.
+CHAINED_DEPTH = 4
 
 #: Most tasks in one batch, whatever their durations.
 MAX_BATCH_TASKS = 4096
@@ -293,6 +306,7 @@ def claim_batch(
     alone: bool = False,
     depth: int = 1,
     free_worker: bool = True,
+    chained: bool = False,
 ) -> list[Hashable]:
     """Take the next batch of ``lane``, or [] if its next task is not ready.
 
@@ -306,12 +320,16 @@ def claim_batch(
     it never holds a task that runs alone. A task with a timeout is taken
     only when a worker is free (``free_worker``), so its clock starts when
     it does.
+
+    With ``chained`` (a backend that chains batches), a task is also taken
+    when its unfinished dependencies are all in flight, and none of them
+    nor it runs alone: the backend starts it once they end.
     """
     if ledger.inflight[lane] >= depth:
         return []
     pos = _head_index(ledger, lane)
     nodes = ledger.lanes[lane]
-    if pos >= len(nodes) or not is_ready(ledger, nodes[pos]):
+    if pos >= len(nodes) or not _can_start(ledger, nodes[pos], (), chained):
         return []
     head = nodes[pos]
     task = ledger.graph.task
@@ -321,15 +339,36 @@ def claim_batch(
         return []
     batch = [head]
     if not (alone or _runs_alone(ledger, head)):
-        _extend(ledger, batch, nodes, pos + 1, estimate, budget)
+        _extend(ledger, batch, nodes, pos + 1, estimate, budget, chained)
     ledger.inflight[lane] += 1
     ledger.running.update(batch)
     return batch
 
 
-def _extend(ledger, batch, nodes, pos, estimate, budget) -> None:
+def _can_start(
+    ledger: Ledger, node: Hashable, members: Container[Hashable], chained: bool
+) -> bool:
+    """Whether ``node`` may go in a batch with ``members`` before it: each
+    dependency finished or among them -- or, ``chained``, in flight in a
+    batch the new one can be chained to."""
+    waiting = ledger.waiting
+    needed = ledger.graph.task(node).dependencies
+    if all(d not in waiting or d in members for d in needed):
+        return True
+    if not chained or _runs_alone(ledger, node):
+        return False
+    running = ledger.running
+    return all(
+        d not in waiting
+        or d in members
+        or (d in running and not _runs_alone(ledger, d))
+        for d in needed
+    )
+
+
+def _extend(ledger, batch, nodes, pos, estimate, budget, chained=False) -> None:
     """Add to ``batch`` the following nodes that can run after it."""
-    waiting, running, task = ledger.waiting, ledger.running, ledger.graph.task
+    waiting, running = ledger.waiting, ledger.running
     members = set(batch)
     spent = estimate(batch[0])
     while pos < len(nodes) and len(batch) < MAX_BATCH_TASKS:
@@ -340,8 +379,7 @@ def _extend(ledger, batch, nodes, pos, estimate, budget) -> None:
         spent += estimate(node)
         if spent > budget or _runs_alone(ledger, node):
             return
-        needed = task(node).dependencies
-        if needed and not all(d not in waiting or d in members for d in needed):
+        if not _can_start(ledger, node, members, chained):
             return
         batch.append(node)
         members.add(node)
@@ -414,6 +452,8 @@ class _InFlight:
     isolated: bool
     #: Whether the deadline was set from the batch's real start.
     clocked: bool = False
+    #: Ids of the batches in flight it was chained to (``Batch.after``).
+    after: tuple[int, ...] = ()
 
 
 class Dispatcher:
@@ -530,6 +570,14 @@ class Dispatcher:
         self._speed: dict[int, float] = {}
         self._inflight: dict[int, _InFlight] = {}
         self._batch_ids = 0
+        # With a backend that chains: the batch in flight of each running
+        # node, outcomes put aside until those of the batches they were
+        # chained to are applied, and the batches lost in this start.
+        self._chains = self._backend.chains
+        self._depth = CHAINED_DEPTH if self._chains else 2
+        self._batch_of: dict[Hashable, int] = {}
+        self._parked: dict[int, Outcome] = {}
+        self._lost_batches: set[int] = set()
         self._started = 0.0
         self._error: BaseException | None = None
 
@@ -827,6 +875,9 @@ class Dispatcher:
             plan = heft(self.graph, self.workers, done=done)
         self._error = None
         self._inflight.clear()
+        self._batch_of.clear()
+        self._parked.clear()
+        self._lost_batches.clear()
         with self._lock:
             self.plan = plan
             self._ledger = start_ledger(self.graph, plan, done)
@@ -878,13 +929,18 @@ class Dispatcher:
         """Each idle lane's next batch, then a prefetched second batch per
         lane, which hides the round trip to a worker (about 0.6 ms)."""
         started: list[Hashable] = []
-        for depth in (1, 2):
+        for depth in range(1, self._depth + 1):
             for lane in range(len(ledger.lanes)):
                 if depth == 2 and not self._may_prefetch(ledger, lane):
                     continue
                 free_worker = len(self._inflight) < self.workers
                 nodes = claim_batch(
-                    ledger, lane, self._estimate, depth=depth, free_worker=free_worker
+                    ledger,
+                    lane,
+                    self._estimate,
+                    depth=depth,
+                    free_worker=free_worker,
+                    chained=self._chains,
                 )
                 if nodes:
                     self._submit(lane, nodes, isolated=False)
@@ -929,7 +985,7 @@ class Dispatcher:
         return (
             head is not None
             and self._estimate(head) <= PREFETCH_SECONDS
-            and len(self._inflight) < 2 * self.workers
+            and len(self._inflight) < self._depth * self.workers
             and not any(flight.deadline for flight in self._inflight.values())
         )
 
@@ -955,19 +1011,34 @@ class Dispatcher:
         graph = self.graph
         items = tuple((node, graph.task(node)) for node in nodes)
         members = set(nodes)
+        waiting = ledger.waiting
         inputs = {
             d: self._result(d)
             for _, task in items
             for d in task.inputs
-            if d not in members
+            if d not in members and d not in waiting
         }
         timeout = items[0][1].timeout if len(items) == 1 else None
         for node in nodes:
             ledger.attempts[node] = ledger.attempts.get(node, 0) + 1
         self._batch_ids += 1
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._inflight[self._batch_ids] = _InFlight(lane, nodes, deadline, isolated)
-        self._backend.submit(Batch(self._batch_ids, items, inputs, timeout))
+        after: tuple[int, ...] = ()
+        if self._chains:
+            upstream = {
+                self._batch_of[d]: None
+                for _, task in items
+                for d in task.dependencies
+                if d in waiting and d not in members
+            }
+            after = tuple(upstream)
+            for node in nodes:
+                self._batch_of[node] = self._batch_ids
+        self._inflight[self._batch_ids] = _InFlight(
+            lane, nodes, deadline, isolated, after=after
+        )
+        chained = tuple((b, tuple(self._inflight[b].nodes)) for b in after)
+        self._backend.submit(Batch(self._batch_ids, items, inputs, timeout, chained))
 
     def _estimate(self, node: Hashable) -> float:
         seconds = self._speed.get(id(self.graph.task(node).function))
@@ -1003,13 +1074,31 @@ class Dispatcher:
         """Apply a backend's event; returns the nodes it finished."""
         if event is None:
             return []
-        flight = self._inflight.pop(event.batch, None)
+        flight = self._inflight.get(event.batch)
         if flight is None:
             return []  # a batch this dispatcher already gave up on
+        if any(b in self._inflight for b in flight.after):
+            # Chained, and back before a batch it runs after: applied after
+            # it, so no node is recorded before a dependency of its own.
+            self._parked[event.batch] = event
+            return []
+        del self._inflight[event.batch]
+        if self._chains:
+            for node in flight.nodes:
+                if self._batch_of.get(node) == event.batch:
+                    del self._batch_of[node]
         with self._lock:
             if event.error is None:
-                return self._record(flight, event.results)
-            return self._lost(flight, event.error)
+                finished = self._record(flight, event.results)
+            else:
+                finished = self._lost(event.batch, flight, event.error)
+        for batch in list(self._parked):
+            parked = self._inflight.get(batch)
+            if parked is None or not any(a in self._inflight for a in parked.after):
+                event = self._parked.pop(batch, None)  # None: applied already
+                if event is not None:
+                    finished += self._apply(event)
+        return finished
 
     def _settle(self, finished: list[Hashable]) -> None:
         """Commit finished nodes to the store -- before the next claim hands
@@ -1091,6 +1180,8 @@ class Dispatcher:
         ledger = self._ledger
         finished: list[Hashable] = []
         for node, (result, start, end) in zip(flight.nodes, outcomes, strict=True):
+            if node not in ledger.waiting:
+                continue  # a chained task whose dependency failed meanwhile
             task = self.graph.task(node)
             self._measure(task.function, end - start)
             if isinstance(result, Err) and ledger.attempts[node] <= task.retries:
@@ -1111,9 +1202,16 @@ class Dispatcher:
             seconds if old is None else (old + _SMOOTHING * (seconds - old))
         )
 
-    def _lost(self, flight: _InFlight, error: BaseException) -> list[Hashable]:
+    def _lost(
+        self, batch: int, flight: _InFlight, error: BaseException
+    ) -> list[Hashable]:
         ledger = self._ledger
         node = flight.nodes[0]
+        if self._chains:
+            self._lost_batches.add(batch)
+            if any(b in self._lost_batches for b in flight.after):
+                self._unclaim(flight)  # lost with a batch it ran after
+                return []
         blamed = (
             len(flight.nodes) == 1
             and not isinstance(error, TaskCancelled)
@@ -1134,9 +1232,11 @@ class Dispatcher:
 
     def _unclaim(self, flight: _InFlight) -> None:
         """Put a batch back, not counting this attempt against its tasks."""
-        release(self._ledger, flight.lane, flight.nodes)
+        ledger = self._ledger
+        release(ledger, flight.lane, flight.nodes)
         for node in flight.nodes:
-            self._ledger.attempts[node] -= 1
+            if node in ledger.waiting:  # not failed meanwhile by a dependency
+                ledger.attempts[node] -= 1
 
     def _enforce_timeouts(self) -> list[Hashable]:
         """Stop batches past their timeout; returns the nodes it finished."""
@@ -1196,6 +1296,7 @@ class Dispatcher:
                 self._unclaim(flight)
             logger.debug("aborted %d batches: %s", len(self._inflight), reason)
             self._inflight.clear()
+            self._parked.clear()
 
     def _call(self, hook: str, *args: Any) -> None:
         for callbacks in self._callbacks:

@@ -90,13 +90,15 @@ class Stores:
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="bench_dask-"))
-        self.count = 0
+        self.made: list[ad.Store] = []
 
     def new(self) -> ad.Store:
-        self.count += 1
-        return ad.Store(self.root / f"run{self.count}.alma")
+        self.made.append(ad.Store(self.root / f"run{len(self.made) + 1}.alma"))
+        return self.made[-1]
 
     def remove(self) -> None:
+        for store in self.made:  # open until now: results are read from them
+            store.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -106,11 +108,7 @@ def run_alma(graph, client, store=None, plan=None, backend=None):
     dispatcher = ad.Dispatcher(
         graph, workers=WORKERS, backend=backend, store=store, plan=plan
     )
-    try:
-        state = dispatcher.run()
-    finally:
-        if store is not None:
-            store.close()
+    state = dispatcher.run()
     assert state is ad.RunState.FINISHED, state
     return dispatcher
 

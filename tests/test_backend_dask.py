@@ -151,6 +151,82 @@ def test_graph_through_the_dispatcher(client):
     assert isinstance(results["after_broken"].exception, ad.DependencyError)
 
 
+class ChainSpy(DaskBackend):
+    """A dask backend that notes, per task, the batches it was chained to."""
+
+    def open(self, n_workers, report, store=None) -> None:
+        self.after: dict[str, list[int]] = {}
+        super().open(n_workers, report, store)
+
+    def submit(self, batch) -> None:
+        for node, _ in batch.items:
+            self.after[node] = [b for b, _ in batch.after]
+        super().submit(batch)
+
+
+def _slowly(function, seconds=0.3):
+    def slow(*args):
+        time.sleep(seconds)
+        return function(*args)
+
+    return slow
+
+
+def _chain_of_three(tmp_path, client, first):
+    """a (``first``) -> b -> c, with b on the other lane: b is chained to a
+    while a runs, c to b; returns the finished dispatcher and its backend."""
+    g = TaskGraph()
+    a = g.add("a", _slowly(first))
+    b = g.add("b", _slowly(lambda x: x * 10), (a,))
+    g.add("c", lambda x, y: x + y, (a, b))
+    plan = ad.plan_from_lanes(g, [["a", "c"], ["b"]])
+    backend = ChainSpy(client)
+    store = ad.Store(tmp_path / "run.alma")
+    run = ad.Dispatcher(g, workers=2, backend=backend, store=store, plan=plan)
+    run.run()
+    return run, backend
+
+
+def test_batches_are_chained_to_batches_in_flight(tmp_path, client):
+    run, backend = _chain_of_three(tmp_path, client, lambda: 2)
+    assert run.state is ad.RunState.FINISHED
+    assert run.results == {"a": 2, "b": 20, "c": 22}
+    assert backend.after["a"] == []
+    assert backend.after["b"], "b was not chained to a"
+    assert backend.after["c"], "c was not chained to b"
+    assert run.store.done_ids() == {"a", "b", "c"}
+    run.store.close()
+
+
+def test_a_failure_reaches_the_batches_chained_to_it(tmp_path, client):
+    def fail():
+        raise ValueError("bad")
+
+    run, backend = _chain_of_three(tmp_path, client, fail)
+    assert backend.after["b"]
+    results = run.results
+    assert run.state is ad.RunState.FAILED
+    assert results["a"].err_type is ValueError
+    for node in "bc":
+        assert results[node].err_type is ad.DependencyError
+        assert results[node].exception.dependency == "a"
+    assert set(run.store.failures()) == {"a", "b", "c"}
+    run.store.close()
+
+
+def test_a_dead_worker_blames_its_task_not_those_chained_to_it(tmp_path, client):
+    def die():
+        os._exit(3)
+
+    run, backend = _chain_of_three(tmp_path, client, die)
+    assert backend.after["b"]
+    results = run.results
+    assert results["a"].err_type is ad.WorkerDied
+    for node in "bc":
+        assert results[node].err_type is ad.DependencyError, results[node]
+    run.store.close()
+
+
 def test_timeout_through_the_dispatcher(client):
     g = TaskGraph()
     g.add("slow", time.sleep, (WAIT,), timeout=0.5)

@@ -11,6 +11,7 @@ from conftest import WAIT
 
 import alma_dag as ad
 from alma_dag import Dependency, Dispatcher, Err, RunState, TaskGraph
+from alma_dag.backends import Backend, Outcome, execute_batch
 from alma_dag.dispatch import (
     MAX_BATCH_TASKS,
     claim_batch,
@@ -103,6 +104,45 @@ class TestClaimBatch:
         assert claim_batch(ledger, 0, lambda n: float("inf")) == ["a"]
         assert claim_batch(ledger, 0, lambda n: 0.0, depth=2) == []
         assert claim_batch(ledger, 0, lambda n: 0.0, depth=1) == []
+
+    def test_chained_claims_take_tasks_whose_dependencies_are_in_flight(self):
+        """
+        lane 0: a -> c      with a backend that chains, c goes out while a
+        lane 1: b ---^      and b run, and d after c in the same batch
+        """
+        g = TaskGraph()
+        a = g.add("a", abs, (1,))
+        b = g.add("b", abs, (2,))
+        c = g.add("c", max, (a, b))
+        g.add("d", abs, (c,))
+        ledger = ledger_for(g, [["a", "c", "d"], ["b"]])
+        assert claim_batch(ledger, 0, lambda n: float("inf")) == ["a"]
+        assert claim_batch(ledger, 0, lambda n: 0.0, depth=2) == []
+        assert claim_batch(ledger, 1, lambda n: 0.0, chained=True) == ["b"]
+        assert claim_batch(ledger, 0, lambda n: 0.0, depth=2, chained=True) == [
+            "c",
+            "d",
+        ]
+
+    def test_nothing_is_chained_to_a_task_that_runs_alone(self):
+        """A dependency with retries may fail and run again, so nothing
+        waits on its first attempt; a task with a timeout is not chained
+        either (its clock must start when it does)."""
+        g = TaskGraph()
+        a = g.add("a", abs, (1,), retries=1)
+        g.add("b", abs, (a,))
+        c = g.add("c", abs, (1,))
+        g.add("d", abs, (c,), timeout=5)
+        ledger = ledger_for(g, [["a", "c"], ["b", "d"]])
+        assert claim_batch(ledger, 0, lambda n: 0.0) == ["a"]
+        assert claim_batch(ledger, 1, lambda n: 0.0, chained=True) == []
+        release(ledger, 0, ["a"])
+        finish(ledger, "a", 1)
+        assert claim_batch(ledger, 0, lambda n: 0.0) == ["c"]
+        assert claim_batch(ledger, 1, lambda n: 0.0, chained=True) == ["b"]
+        release(ledger, 1, ["b"])
+        finish(ledger, "b", 1)
+        assert claim_batch(ledger, 1, lambda n: 0.0, chained=True) == []
 
     def test_max_batch(self):
         g = TaskGraph()
@@ -270,6 +310,67 @@ class TestStateMachine:
         assert set(runs) == set(range(20))
         assert all(runs.count(i) == 1 for i in done_before)
         assert os.path.exists(log)
+
+
+class _ReportsBackwards(Backend):
+    """A backend that chains, and reports the batches of each round in the
+    reverse order: a chained batch comes back before the one it ran after."""
+
+    name = "backwards"
+    chains = True
+
+    def open(self, n_workers, report, store=None) -> None:
+        super().open(n_workers, report, store)
+        self.pending: list = []
+        self.chained: list = []
+
+    def submit(self, batch) -> None:
+        self.pending.append(batch)
+        self.chained += [node for node, _ in batch.items if batch.after]
+
+    def drive(self, timeout) -> bool:
+        if not self.pending:
+            return False
+        results, outcomes = {}, []
+        for batch in self.pending:
+            ran = execute_batch(batch.items, {**results, **batch.inputs})
+            for (node, _), (result, _, _) in zip(batch.items, ran, strict=True):
+                results[node] = result
+            outcomes.append(Outcome(batch.id, ran))
+        self.pending.clear()
+        for outcome in reversed(outcomes):
+            self._report(outcome)
+        return True
+
+    def kill(self) -> None:
+        self.pending.clear()
+
+
+class TestChaining:
+    def test_outcomes_are_applied_after_those_of_batches_chained_to(self, tmp_path):
+        g = TaskGraph()
+        a = g.add("a", abs, (-2,))
+        g.add("b", lambda x: x * 10, (a,))
+        finished = []
+
+        class Order(ad.Callbacks):
+            def on_task_done(self, node, result):
+                finished.append(node)
+
+        backend = _ReportsBackwards()
+        with ad.Store(tmp_path / "run.alma") as store:
+            run = Dispatcher(
+                g,
+                2,
+                backend,
+                store=store,
+                plan=plan_from_lanes(g, [["a"], ["b"]]),
+                callbacks=[Order()],
+            )
+            assert run.run() is RunState.FINISHED
+            assert run.results == {"a": 2, "b": 20}
+        assert backend.chained == ["b"]
+        assert finished == ["a", "b"]
 
 
 class TestCallbacks:

@@ -62,6 +62,11 @@ class Batch:
     inputs: Mapping[Hashable, Any]
     #: Seconds the batch may run before it is stopped (None: no limit).
     timeout: float | None = None
+    #: Batches still in flight that this one must run after, with results
+    #: its tasks need: ``(batch id, its node ids in order)`` pairs. Only a
+    #: backend that ``chains`` is given any; it starts the batch once those
+    #: have run, and adds their results to ``inputs`` itself.
+    after: tuple[tuple[int, tuple[Hashable, ...]], ...] = ()
 
 
 #: One task's outcome: its result (a value or an ``Err``) and when it ran,
@@ -222,6 +227,12 @@ class Backend(abc.ABC):
 
     #: The name used in ``backend="..."``.
     name: str = ""
+
+    #: Whether the backend takes batches that depend on batches still in
+    #: flight (``Batch.after``): it then starts each as soon as those end,
+    #: without a round trip through the dispatcher. Worth it where that
+    #: round trip is long (a cluster's scheduler).
+    chains: bool = False
 
     def open(
         self,

@@ -19,6 +19,14 @@
   backend runs, so results, ``Err`` s and unpicklable results behave alike.
   Each submission has a unique key and ``pure=False``: dask never merges
   two batches or reuses an old result.
+- **Chaining.** A hand-off through the dispatcher costs a round trip to
+  the scheduler (~10 ms), so the backend ``chains``: the dispatcher hands
+  it a lane's next batch while the batches it depends on still run, and
+  the backend submits it with their futures as arguments. Dask starts it
+  the moment they end, moving their outcomes to its worker, where
+  ``run_dask_payload`` adds their results to the inputs. A batch that
+  depends on a lost one is lost with it, and the dispatcher runs it again
+  without blaming it.
 - **Failures** of the cluster are mapped in one place, ``map_dask_error``:
   a worker that died (``KilledWorker``) gives ``WorkerDied``, a cancelled
   future ``TaskCancelled``, a lost connection ``WorkerDied``. The
@@ -61,9 +69,12 @@ import pickle
 import threading
 import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Hashable
 from functools import partial
 from typing import Any
 
+import cloudpickle
 import dask
 import distributed
 from distributed.client import FutureCancelledError, FuturesCancelledError
@@ -108,6 +119,11 @@ STATE_TIMEOUT = 60
 #: Seconds ``close()`` waits for the thread answering state requests.
 SERVER_JOIN_TIMEOUT = 10
 
+#: Batches that ended kept for chaining (their results stay on the cluster
+#: meanwhile): a batch is chained to one only in the moment between its end
+#: and the dispatcher hearing of it, so a few per worker are plenty.
+ENDED_KEPT = 64
+
 # (distributed or builtin error, alma_dag error, what it means); the first
 # matching row wins, so subclasses come before their bases.
 _DASK_ERRORS: tuple[tuple[type[BaseException], type[TaskFailure], str], ...] = (
@@ -139,18 +155,30 @@ def map_dask_error(exc: BaseException) -> TaskFailure:
 
 
 def run_dask_payload(
-    payload: bytes, topic: str | None, batch_id: int, states: str | None = None
+    payload: bytes,
+    topic: str | None,
+    batch_id: int,
+    states: str | None = None,
+    chained: tuple[tuple[Hashable, ...], ...] = (),
+    *upstream: tuple[bool, bytes | str],
 ) -> tuple[bool, bytes | str]:
     """Worker side: tell ``topic`` (if any) that ``batch_id`` began, then
     run the batch as ``run_payload`` does, its states going through the
-    queue named ``states`` (if any)."""
+    queue named ``states`` (if any). ``upstream`` are the outcomes of the
+    batches it is chained to, whose node ids ``chained`` gives in order."""
     if topic is not None:
         try:
             distributed.get_worker().log_event(topic, batch_id)
         except ValueError:  # not on a dask worker (called directly)
             pass
+    inputs: dict[Hashable, Any] = {}
+    for nodes, (ok, data) in zip(chained, upstream, strict=True):
+        if not ok:
+            return False, f"a batch it depends on was lost: {data}"
+        outcomes = cloudpickle.loads(data)
+        inputs.update(zip(nodes, (result for result, _, _ in outcomes), strict=True))
     with routed_states(None if states is None else ClientStates(states)):
-        return run_payload(payload)
+        return run_payload(payload, upstream=inputs)
 
 
 class ClientStates:
@@ -263,6 +291,7 @@ class DaskBackend(Backend):
     """
 
     name = "dask"
+    chains = True
 
     def __init__(
         self,
@@ -298,6 +327,9 @@ class DaskBackend(Backend):
         self._lock = threading.Lock()
         self._futures: dict[int, distributed.Future] = {}
         self._began: dict[int, float] = {}
+        # The last batches that ended, by id, for batches chained to them
+        # before the dispatcher heard they ended (guarded by _lock too).
+        self._ended: OrderedDict[int, distributed.Future] = OrderedDict()
 
     @property
     def client(self) -> distributed.Client | None:
@@ -310,6 +342,7 @@ class DaskBackend(Backend):
         with self._lock:
             self._futures.clear()
             self._began.clear()
+            self._ended.clear()
         if self._client is None:
             self._client = self._connect(n_workers)
         self._topic = f"alma_dag-started-{uuid.uuid4().hex}"
@@ -348,10 +381,24 @@ class DaskBackend(Backend):
             return
         topic = self._topic if batch.timeout is not None else None
         key = f"alma_dag-batch-{batch.id}-{uuid.uuid4().hex}"
+        upstream = self._upstream(batch)
+        if upstream is None:
+            error = TaskCancelled("not chained: a batch it depends on is gone")
+            self._report(Outcome(batch.id, error=error))
+            return
+        chained = tuple(nodes for _, nodes in batch.after)
         try:
             states = None if self._states is None else self._states.name
             future = self._client.submit(
-                run_dask_payload, payload, topic, batch.id, states, pure=False, key=key
+                run_dask_payload,
+                payload,
+                topic,
+                batch.id,
+                states,
+                chained,
+                *upstream,
+                pure=False,
+                key=key,
             )
         except Exception as exc:
             self._report(Outcome(batch.id, error=map_dask_error(exc)))
@@ -359,6 +406,15 @@ class DaskBackend(Backend):
         with self._lock:
             self._futures[batch.id] = future
         future.add_done_callback(partial(self._done, batch.id))
+
+    def _upstream(self, batch: Batch) -> list[distributed.Future] | None:
+        """The futures of the batches ``batch`` is chained to; None if one
+        is neither in flight nor among the last that ended."""
+        with self._lock:
+            futures = [
+                self._futures.get(b) or self._ended.get(b) for b, _ in batch.after
+            ]
+        return None if None in futures else futures
 
     def started(self, batch_id: int) -> float | None:
         with self._lock:
@@ -370,6 +426,9 @@ class DaskBackend(Backend):
                 return  # killed or closed: the dispatcher forgot it
             del self._futures[batch_id]
             self._began.pop(batch_id, None)
+            self._ended[batch_id] = future
+            while len(self._ended) > ENDED_KEPT:
+                self._ended.popitem(last=False)
         try:
             ok, data = future.result()
         except BaseException as exc:
@@ -382,6 +441,7 @@ class DaskBackend(Backend):
             futures = list(self._futures.values())
             self._futures.clear()
             self._began.clear()
+            self._ended.clear()
         return futures
 
     def kill(self) -> None:

@@ -24,8 +24,9 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from functools import partial
+from typing import Any
 
 import cloudpickle
 import loky
@@ -268,15 +269,20 @@ def _dump_outcomes(calls: Sequence[tuple], outcomes: list[TaskOutcome]) -> bytes
     return _dumps(portable)
 
 
-def run_payload(payload: bytes, slot: int = -1) -> tuple[bool, bytes | str]:
+def run_payload(
+    payload: bytes, slot: int = -1, upstream: Mapping[Hashable, Any] | None = None
+) -> tuple[bool, bytes | str]:
     """Worker side: unpickle a batch, run it, pickle its outcomes. A batch
-    with a timeout first writes its start time in its clock ``slot``."""
+    with a timeout first writes its start time in its clock ``slot``;
+    ``upstream`` holds results of chained batches, inputs too."""
     if slot >= 0 and _worker_clocks is not None:
         _worker_clocks[slot] = time.time()
     try:
         calls, inputs = cloudpickle.loads(payload)
     except BaseException as exc:
         return False, f"the batch could not be unpickled: {type(exc).__name__}: {exc}"
+    if upstream:
+        inputs = {**upstream, **inputs}
     return True, _dump_outcomes(calls, execute_calls(calls, inputs))
 
 
