@@ -16,7 +16,8 @@ Invariants:
 
 - A node is done exactly when its row with status DONE is committed; the
   dispatcher commits each batch of finished nodes in one transaction
-  before it hands out their dependents. ``synchronous=FULL``: a commit
+  before it hands out their dependents (a backend that chains may start
+  them sooner; they are still recorded after). ``synchronous=FULL``: a commit
   that returned survives a crash of the process or of the machine.
 - ``save(text)`` commits before it returns, from whichever process calls
   it; the next attempt of that node receives the text as ``state``. A
