@@ -293,6 +293,19 @@ def _kill_at_random(
     return True
 
 
+def _check_done_calls(
+    cell: Cell, seed: int, done_log: Path | None, unrecorded: int
+) -> None:
+    """An experiment's done() runs once, plus once per session stopped after
+    it ran and before it was recorded (``unrecorded``)."""
+    if done_log is None:
+        return
+    extra = len(_lines(done_log)) - 1 - unrecorded
+    cell.add("duplicates", seed, f"done() ran {extra} more times", max(extra, 0))
+    if extra < 0:
+        cell.add("lost", seed, "done() never ran")
+
+
 def _check_segments(
     cell: Cell, seed: int, segments: list[Segment], every: set[str]
 ) -> None:
@@ -399,11 +412,7 @@ def _sigkill_series(
         calls = [parse(line) for line in _lines(log)[before:]]
         segments.append(Segment(killed, calls, done_lines, after))
     _check_segments(cell, seed, segments, every)
-    if done_log is not None:
-        extra = len(_lines(done_log)) - 1 - killed_after_done
-        cell.add("duplicates", seed, f"done() ran {extra} more times", max(extra, 0))
-        if extra < 0:
-            cell.add("lost", seed, "done() never ran")
+    _check_done_calls(cell, seed, done_log, killed_after_done)
 
 
 def sigkill_taskgraph(trials: int, seed: int) -> Cell:
@@ -1389,11 +1398,7 @@ def _disk_full_trial(
         calls = [parse(line) for line in _lines(log)[before:]]
         segments.append(Segment(interrupted, calls, done_lines, after))
     _check_segments(cell, seed, segments, every)
-    if done_log is not None:
-        extra = len(_lines(done_log)) - 1 - unrecorded_done
-        cell.add("duplicates", seed, f"done() ran {extra} more times", max(extra, 0))
-        if extra < 0:
-            cell.add("lost", seed, "done() never ran")
+    _check_done_calls(cell, seed, done_log, unrecorded_done)
 
 
 def _sweeper_disk_trial(cell: Cell, seed: int, root: Path) -> None:
