@@ -129,6 +129,24 @@ def test_bad_argument_is_a_definition_error():
         DaskBackend(42)
 
 
+def test_tls_settings_reach_the_cluster_and_the_client():
+    pytest.importorskip("cryptography")  # Security.temporary() makes certificates
+    backend = DaskBackend(security=distributed.Security.temporary())
+    addresses = []
+
+    class Address(ad.Callbacks):
+        def on_start(self, dispatcher):
+            addresses.append(backend.client.scheduler.address)
+
+    g = TaskGraph()
+    g.add("x", lambda: 41 + 1)
+    run = ad.Dispatcher(g, workers=1, backend=backend, callbacks=[Address()])
+    assert run.run() is ad.RunState.FINISHED
+    assert run.results == {"x": 42}
+    assert addresses and addresses[0].startswith("tls://")
+    assert backend.client is None  # the backend closed what it started
+
+
 def test_graph_through_the_dispatcher(client):
     def fail():
         raise ValueError("bad")
