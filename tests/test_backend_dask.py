@@ -386,6 +386,16 @@ def test_state_requests_for_another_file_are_refused(tmp_path, client):
             other.result(WAIT)
         with pytest.raises(TypeError, match="save\\(\\) takes a string"):
             client.submit(save_bytes, pure=False).result(WAIT)
+        # Malformed requests and unknown kinds get no commit, and the
+        # server goes on answering.
+        queue.put("garbage")
+        queue.put(("t-odd", "delete", database, "n", ""))
+        odd = distributed.Variable("t-odd", client=client)
+        ok, why = odd.get(timeout=WAIT)
+        assert (ok, why) == (False, f"{database}: no state request 'delete'")
+        odd.delete()
+        again = client.submit(save_then_load, database, pure=False)
+        assert again.result(WAIT) == "kept"
     finally:
         queue.put(None)
         server.join(WAIT)

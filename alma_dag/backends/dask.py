@@ -229,15 +229,21 @@ def serve_states(
             return
         if request is None:
             return
-        token, kind, database, node, state = request
         try:
-            if os.path.abspath(database) != path:
+            token, kind, database, node, state = request
+        except (TypeError, ValueError):
+            logger.warning("alma_dag: a malformed state request: %.200r", request)
+            continue
+        try:
+            if not isinstance(database, str) or os.path.abspath(database) != path:
                 raise StoreError(f"{database}: not the store of this run ({path})")
             if kind == "save":
-                answer = (True, store.save_state(node, state))
-            else:
+                answer = (True, store.save_state(node, check_state(state)))
+            elif kind == "load":
                 answer = (True, store.state(node))
-        except StoreError as exc:
+            else:
+                raise StoreError(f"{database}: no state request {kind!r}")
+        except (StoreError, TypeError) as exc:
             answer = (False, str(exc))
         try:
             distributed.Variable(token, client=client).set(answer)
