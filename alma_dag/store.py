@@ -387,17 +387,25 @@ class Store:
         self._write(_SAVE_STATE, [(node, state, time.time())])
 
     def _write(self, sql: str, rows: list[tuple]) -> None:
+        with self._transaction("record") as db:
+            db.executemany(sql, rows)
+
+    @contextlib.contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed when the block ends, rolled back
+        whole if anything fails or interrupts it; a SQLite error becomes a
+        ``StoreError`` saying what could not be done."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    self._db.executemany(sql, rows)
+                    yield self._db
                     self._db.execute("COMMIT")
                 except BaseException:
                     self._rollback()
                     raise
             except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: cannot record: {exc}") from exc
+                raise StoreError(f"{self.path}: cannot {what}: {exc}") from exc
 
     def _rollback(self) -> None:
         # SQLite may have rolled back already (a full disk, an I/O error):
@@ -409,19 +417,10 @@ class Store:
 
     def clear(self) -> None:
         """Forget every node, state and piece of metadata but the layout."""
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    for table in ("nodes", "states"):
-                        self._db.execute(f"DELETE FROM {table}")
-                    self._db.execute("DELETE FROM meta WHERE key != 'schema'")
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._rollback()
-                    raise
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: cannot clear: {exc}") from exc
+        with self._transaction("clear") as db:
+            for table in ("nodes", "states"):
+                db.execute(f"DELETE FROM {table}")
+            db.execute("DELETE FROM meta WHERE key != 'schema'")
 
     # -- reading -------------------------------------------------------------
 
